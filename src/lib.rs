@@ -1,0 +1,2 @@
+//! rk: a single-binary, Kubernetes-compatible cluster.
+pub mod store;
