@@ -1,2 +1,15 @@
 //! rk: a single-binary, Kubernetes-compatible cluster.
+//!
+//! The module map, in the order a request travels:
+//! - [`server`]: wires everything into one process (`rk server`) with one shutdown signal.
+//! - [`api`]: the API server, the only door to the store: TLS, authentication, the
+//!   generic REST machinery driven by the resource registry, discovery, OpenAPI.
+//! - [`store`]: etcd's role: a durable key space with one global revision and a
+//!   revisioned watch log, on sled.
+//! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
+//! - [`client`]: how rk's own components reach the API in-process.
+pub mod api;
+pub mod client;
+pub mod pki;
+pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@ use futures::Stream;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tokio::sync::broadcast;
 
@@ -20,6 +21,7 @@ const CATCH_UP_CHUNK: u64 = 512;
 
 pub struct WatchStream {
     inner: Pin<Box<dyn Stream<Item = Result<Arc<Event>>> + Send>>,
+    progress: Arc<AtomicU64>,
 }
 
 struct State {
@@ -30,12 +32,22 @@ struct State {
     live: broadcast::Receiver<Arc<Event>>,
     ready: VecDeque<Arc<Event>>,
     failed: bool,
+    /// Every event at or below this revision has been delivered or skipped.
+    progress: Arc<AtomicU64>,
 }
 
 impl WatchStream {
     pub(super) fn new(store: Arc<Inner>, prefix: String, after: Revision, live: broadcast::Receiver<Arc<Event>>) -> Self {
-        let state = State { store, prefix, next: after + 1, live, ready: VecDeque::new(), failed: false };
-        Self { inner: Box::pin(futures::stream::unfold(state, |mut s| async move { s.next_event().await.map(|e| (e, s)) })) }
+        let progress = Arc::new(AtomicU64::new(after));
+        let state = State { store, prefix, next: after + 1, live, ready: VecDeque::new(), failed: false, progress: progress.clone() };
+        let inner = Box::pin(futures::stream::unfold(state, |mut s| async move { s.next_event().await.map(|e| (e, s)) }));
+        Self { inner, progress }
+    }
+
+    /// The revision up to which this watch has seen everything under its prefix:
+    /// what a bookmark may report.
+    pub fn progress(&self) -> Revision {
+        self.progress.load(Ordering::Acquire)
     }
 }
 
@@ -46,8 +58,11 @@ impl State {
         }
         loop {
             if let Some(event) = self.ready.pop_front() {
+                let through = if self.ready.is_empty() { self.next - 1 } else { event.revision };
+                self.progress.store(through, Ordering::Release);
                 return Some(Ok(event));
             }
+            self.progress.store(self.next - 1, Ordering::Release);
             let durable = self.store.committer.durable().revision;
             if self.next <= durable {
                 let to = durable.min(self.next + CATCH_UP_CHUNK - 1);
@@ -66,6 +81,7 @@ impl State {
             match self.live.recv().await {
                 Ok(event) if event.revision == self.next => {
                     self.next += 1;
+                    self.progress.store(event.revision, Ordering::Release);
                     if event.key.starts_with(&self.prefix) {
                         return Some(Ok(event));
                     }

@@ -1,0 +1,200 @@
+//! `rk server`: one process with the store, the API server and (as later parts
+//! land) the scheduler, controllers, node agent and proxy, wired as tasks that
+//! share one shutdown signal. This module only prepares configuration, files
+//! and certificates and starts the parts; each part lives in its own module.
+
+use crate::api::{self, Api, admission, auth::Identity, auth::Tokens};
+use crate::pki::{self, Pki};
+use crate::store::{SharedStorage, SledStore, StoreOptions};
+use k8s_openapi::api::core::v1::Namespace;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Errors on the cold path (start-up, files, certificates).
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything `rk server` needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    pub https_port: u16,
+    pub kubeconfig: PathBuf,
+    pub tls_sans: Vec<String>,
+    pub store: StoreOptions,
+}
+
+/// Default locations: system paths for root, the home directory otherwise.
+pub fn default_data_dir() -> PathBuf {
+    if is_root() { PathBuf::from("/var/lib/rk") } else { home().join(".rk") }
+}
+
+pub fn default_kubeconfig() -> PathBuf {
+    if is_root() { PathBuf::from("/etc/rk/rk.yaml") } else { home().join(".rk").join("rk.yaml") }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A running server: its address and admin credentials, and how to stop it.
+pub struct Running {
+    pub address: SocketAddr,
+    pub api: Arc<Api>,
+    pub app: axum::Router,
+    shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting, ends watches, lets in-flight requests finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the server and returns once it answers requests.
+pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
+    let started = Instant::now();
+    create_private_dir(&config.data_dir)?;
+    let store = Arc::new(
+        SledStore::open(&config.data_dir.join("db"), config.store.clone())
+            .map_err(|e| format!("opening the store in {}: {e}", config.data_dir.display()))?,
+    );
+    let mut sans = config.tls_sans.clone();
+    sans.extend(local_names());
+    if !config.bind_address.is_unspecified() {
+        sans.push(config.bind_address.to_string());
+    }
+    let pki = Pki::load_or_create(&config.data_dir.join("tls"), &sans)?;
+    let tokens = Tokens::default();
+    let admin_token = load_or_create_token(&config.data_dir.join("token"))?;
+    tokens.insert(admin_token, Identity::new("system:admin", &["system:masters", "system:authenticated"]));
+
+    let listener = tokio::net::TcpListener::bind((config.bind_address, config.https_port))
+        .await
+        .map_err(|e| format!("listening on {}:{}: {e}", config.bind_address, config.https_port))?;
+    let address = listener.local_addr()?;
+    let advertise = advertise_address(config.bind_address, address.port());
+    let shutdown = CancellationToken::new();
+    let api = Api::new(store.clone() as SharedStorage, tokens, shutdown.clone(), advertise.clone());
+    let app = api::router(api.clone());
+    bootstrap(&app).await?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let tls = Arc::new(pki.server_config()?);
+    tasks.spawn(api::serve::serve_tls(listener, tls, app.clone(), shutdown.clone()));
+    {
+        let shutdown = shutdown.clone();
+        let store = store.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = store.run_compactor() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+    pki::write_kubeconfig(&config.kubeconfig, &format!("https://{advertise}"), pki.ca_pem(), pki.admin_cert_pem(), pki.admin_key_pem())?;
+    tracing::info!(
+        address = %address,
+        kubeconfig = %config.kubeconfig.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rk server is ready"
+    );
+    Ok(Running { address, api, app, shutdown, tasks })
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down cleanly.
+pub async fn run(config: ServerConfig) -> Result<(), Error> {
+    let running = start(&config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Objects every cluster has from its first start, created through the API.
+async fn bootstrap(app: &axum::Router) -> Result<(), Error> {
+    let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client);
+    for name in admission::INITIAL_NAMESPACES {
+        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some((*name).into()), ..Default::default() }, ..Default::default() };
+        match namespaces.create(&kube::api::PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(format!("creating namespace {name}: {e}").into()),
+        }
+    }
+    Ok(())
+}
+
+/// The address clients are told to use: loopback when listening everywhere.
+fn advertise_address(bind: IpAddr, port: u16) -> String {
+    match bind {
+        IpAddr::V4(v4) if v4.is_unspecified() => format!("127.0.0.1:{port}"),
+        IpAddr::V6(v6) if v6.is_unspecified() => format!("127.0.0.1:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+    }
+}
+
+/// The host name and the address of the default route, for certificate SANs.
+fn local_names() -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_ascii_lowercase());
+        }
+    }
+    // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
+    if let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") {
+        if socket.connect("10.255.255.255:1").is_ok() {
+            if let Ok(addr) = socket.local_addr() {
+                names.push(addr.ip().to_string());
+            }
+        }
+    }
+    names
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("creating data directory {}: {e}", dir.display()).into())
+}
+
+/// The admin bearer token, created once (32 random bytes, hex) with mode 0600.
+fn load_or_create_token(path: &Path) -> Result<String, Error> {
+    if let Ok(token) = std::fs::read_to_string(path) {
+        let token = token.trim().to_owned();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| "no randomness available")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    Ok(token)
+}
