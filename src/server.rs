@@ -70,6 +70,8 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         SledStore::open(&config.data_dir.join("db"), config.store.clone())
             .map_err(|e| format!("opening the store in {}: {e}", config.data_dir.display()))?,
     );
+    // Compact once before serving, so a restart applies the retention policy at once.
+    store.compact_now(now_millis()).map_err(|e| format!("compacting the store: {e}"))?;
     let mut sans = config.tls_sans.clone();
     sans.extend(local_names());
     if !config.bind_address.is_unspecified() {
@@ -169,6 +171,10 @@ fn local_names() -> Vec<String> {
         }
     }
     names
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), Error> {

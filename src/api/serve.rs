@@ -8,7 +8,7 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -78,9 +78,14 @@ async fn handshake(mut stream: TcpStream, acceptor: &TlsAcceptor) -> Option<toki
     match tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
         Ok(Ok(1)) => {
+            // Read the request first: closing with unread bytes would reset the
+            // connection before the client sees the answer.
+            let mut request = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut request)).await;
             let _ = stream
                 .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
                 .await;
+            let _ = stream.shutdown().await;
             return None;
         }
         _ => return None,
