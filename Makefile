@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make run` starts a cluster, `make test` proves it works.
+
+CARGO ?= cargo
+
+.PHONY: build run test lint bench clean
+
+build:
+	$(CARGO) build --release
+
+# A cluster on the embedded defaults (data in ~/.rk, or /var/lib/rk as root).
+run:
+	$(CARGO) run --release -- server
+
+# Unit tests and integration tests against the real binary with kubectl, the
+# kube crate and the Python client.
+test:
+	$(CARGO) test --locked
+
+lint:
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+bench:
+	$(CARGO) run --release -- bench
+
+clean:
+	$(CARGO) clean
