@@ -60,14 +60,29 @@ impl Output {
     }
 }
 
+/// How much of an oversized body is read and discarded before answering 413, so
+/// that a client still sending sees the answer instead of a reset connection.
+const MAX_DISCARD_BYTES: usize = 64 * 1024 * 1024;
+
 /// Reads a request body, refusing more than [`MAX_BODY_BYTES`].
-pub async fn read_body(body: Body) -> ApiResult<Bytes> {
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(MAX_BODY_BYTES)),
-        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
+pub async fn read_body(mut body: Body) -> ApiResult<Bytes> {
+    let mut buffer = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("error reading request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen > MAX_DISCARD_BYTES {
+            break;
+        }
+        if seen <= MAX_BODY_BYTES {
+            buffer.extend_from_slice(&data);
+        }
     }
+    if seen > MAX_BODY_BYTES {
+        return Err(ApiError::too_large(MAX_BODY_BYTES));
+    }
+    Ok(buffer.freeze())
 }
 
 /// The media type of a request body, without parameters.
