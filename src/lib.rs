@@ -8,7 +8,9 @@
 //!   revisioned watch log, on sled.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`client`]: how rk's own components reach the API in-process.
+//! - [`bench`]: `rk bench`, figures for the notes measured through the real API.
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod pki;
 pub mod server;

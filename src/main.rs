@@ -19,6 +19,21 @@ struct Cli {
 enum Command {
     /// Run a cluster: the store, the API server and the control plane, in one process
     Server(ServerArgs),
+    /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Seconds each create phase runs
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent watchers for the watch-delivery measurement
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Writes whose delivery to every watcher is timed
+    #[arg(long, default_value_t = 200)]
+    watched_writes: usize,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +77,9 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(args)).await,
+            Command::Bench(args) => {
+                rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
+            }
         }
     });
     if let Err(e) = result {
