@@ -163,13 +163,11 @@ fn local_names() -> Vec<String> {
         }
     }
     // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
-    if let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") {
-        if socket.connect("10.255.255.255:1").is_ok() {
-            if let Ok(addr) = socket.local_addr() {
+    if let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0")
+        && socket.connect("10.255.255.255:1").is_ok()
+            && let Ok(addr) = socket.local_addr() {
                 names.push(addr.ip().to_string());
             }
-        }
-    }
     names
 }
 

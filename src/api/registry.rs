@@ -72,6 +72,8 @@ impl ColumnDef {
 }
 
 type Cell<T> = fn(&T) -> Value;
+/// How long a deletion of this object waits, given the grace the client asked for.
+type GracePeriod<T> = fn(&T, Option<i64>) -> Option<i64>;
 
 /// A typed column: its definition and how to render a cell.
 pub struct Column<T> {
@@ -223,7 +225,7 @@ struct Hooks<T> {
     on_create: Option<fn(&mut T)>,
     validate: Option<fn(&T) -> Vec<FieldError>>,
     validate_update: Option<fn(&T, &T) -> Vec<FieldError>>,
-    grace_period: Option<fn(&T, Option<i64>) -> Option<i64>>,
+    grace_period: Option<GracePeriod<T>>,
     columns: Vec<Column<T>>,
 }
 
@@ -330,7 +332,7 @@ impl<T: Object> ResourceBuilder<T> {
         self.hooks.validate_update = Some(f);
         self
     }
-    pub fn grace_period(mut self, f: fn(&T, Option<i64>) -> Option<i64>) -> Self {
+    pub fn grace_period(mut self, f: GracePeriod<T>) -> Self {
         self.hooks.grace_period = Some(f);
         self
     }

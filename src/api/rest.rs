@@ -463,29 +463,7 @@ pub(super) fn scale_of(obj: &Value) -> Value {
 
 /// A selector (a LabelSelector or a ReplicationController's plain map) as a string.
 fn selector_string(selector: &Value) -> String {
-    let labels = selector.get("matchLabels").or(Some(selector)).and_then(Value::as_object);
-    let match_labels = labels
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-        .unwrap_or_default();
-    let expressions: Vec<(String, String, Vec<String>)> = selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .map(|exprs| {
-            exprs
-                .iter()
-                .map(|e| {
-                    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-                    let values = e
-                        .get("values")
-                        .and_then(Value::as_array)
-                        .map(|v| v.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-                        .unwrap_or_default();
-                    (s("key"), s("operator"), values)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    LabelSelector::from_match(&match_labels, &expressions).map(|s| s.to_string()).unwrap_or_default()
+    LabelSelector::from_json(selector).map(|s| s.to_string()).unwrap_or_default()
 }
 
 pub(super) fn scale_replicas(body: &Value) -> ApiResult<i64> {

@@ -8,41 +8,61 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ListMeta, St
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-/// How Kubernetes merges one list field: `(schema, field, patch strategy, merge key, list type, map keys)`.
+/// How Kubernetes merges one list field of one schema.
+struct ListSemantics {
+    schema: &'static str,
+    field: &'static str,
+    patch_strategy: &'static str,
+    merge_key: &'static str,
+    list_type: &'static str,
+    map_keys: &'static [&'static str],
+}
+
+const fn list(
+    schema: &'static str,
+    field: &'static str,
+    patch_strategy: &'static str,
+    merge_key: &'static str,
+    list_type: &'static str,
+    map_keys: &'static [&'static str],
+) -> ListSemantics {
+    ListSemantics { schema, field, patch_strategy, merge_key, list_type, map_keys }
+}
+
 /// Lists absent here are atomic: replaced whole by patches and owned whole by one manager.
-const LIST_SEMANTICS: &[(&str, &str, &str, &str, &str, &[&str])] = &[
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", "", "set", &[]),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", "uid", "map", &["uid"]),
-    ("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "initContainers", "merge", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "containers", "merge", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "merge", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", "merge", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", "ip", "map", &["ip"]),
-    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", "merge", "topologyKey", "map", &["topologyKey", "whenUnsatisfiable"]),
-    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", "merge", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", "merge,retainKeys", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.Container", "ports", "merge", "containerPort", "map", &["containerPort", "protocol"]),
-    ("io.k8s.api.core.v1.Container", "env", "merge", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.Container", "volumeMounts", "merge", "mountPath", "map", &["mountPath"]),
-    ("io.k8s.api.core.v1.Container", "volumeDevices", "merge", "devicePath", "map", &["devicePath"]),
-    ("io.k8s.api.core.v1.EphemeralContainer", "ports", "merge", "containerPort", "map", &["containerPort", "protocol"]),
-    ("io.k8s.api.core.v1.EphemeralContainer", "env", "merge", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", "merge", "mountPath", "map", &["mountPath"]),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", "merge", "devicePath", "map", &["devicePath"]),
-    ("io.k8s.api.core.v1.PodStatus", "conditions", "merge", "type", "map", &["type"]),
-    ("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", "ip", "map", &["ip"]),
-    ("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", "ip", "map", &["ip"]),
-    ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", "port", "map", &["port", "protocol"]),
-    ("io.k8s.api.core.v1.ServiceStatus", "conditions", "merge", "type", "map", &["type"]),
-    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", "merge", "", "set", &[]),
-    ("io.k8s.api.core.v1.NodeStatus", "conditions", "merge", "type", "map", &["type"]),
-    ("io.k8s.api.core.v1.NodeStatus", "addresses", "merge", "type", "map", &["type"]),
-    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", "merge", "type", "map", &["type"]),
-    ("io.k8s.api.core.v1.ServiceAccount", "secrets", "merge", "name", "map", &["name"]),
-    ("io.k8s.api.core.v1.ReplicationControllerStatus", "conditions", "merge", "type", "map", &["type"]),
-    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", "type", "map", &["type"]),
-    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", "merge", "type", "map", &["type"]),
+const LIST_SEMANTICS: &[ListSemantics] = &[
+    list("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", "", "set", &[]),
+    list("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", "uid", "map", &["uid"]),
+    list("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.PodSpec", "initContainers", "merge", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.PodSpec", "containers", "merge", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "merge", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", "merge", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", "ip", "map", &["ip"]),
+    list("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", "merge", "topologyKey", "map", &["topologyKey", "whenUnsatisfiable"]),
+    list("io.k8s.api.core.v1.PodSpec", "schedulingGates", "merge", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.PodSpec", "resourceClaims", "merge,retainKeys", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.Container", "ports", "merge", "containerPort", "map", &["containerPort", "protocol"]),
+    list("io.k8s.api.core.v1.Container", "env", "merge", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.Container", "volumeMounts", "merge", "mountPath", "map", &["mountPath"]),
+    list("io.k8s.api.core.v1.Container", "volumeDevices", "merge", "devicePath", "map", &["devicePath"]),
+    list("io.k8s.api.core.v1.EphemeralContainer", "ports", "merge", "containerPort", "map", &["containerPort", "protocol"]),
+    list("io.k8s.api.core.v1.EphemeralContainer", "env", "merge", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", "merge", "mountPath", "map", &["mountPath"]),
+    list("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", "merge", "devicePath", "map", &["devicePath"]),
+    list("io.k8s.api.core.v1.PodStatus", "conditions", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", "ip", "map", &["ip"]),
+    list("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", "ip", "map", &["ip"]),
+    list("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", "port", "map", &["port", "protocol"]),
+    list("io.k8s.api.core.v1.ServiceStatus", "conditions", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.core.v1.NodeSpec", "podCIDRs", "merge", "", "set", &[]),
+    list("io.k8s.api.core.v1.NodeStatus", "conditions", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.core.v1.NodeStatus", "addresses", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.core.v1.NamespaceStatus", "conditions", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.core.v1.ServiceAccount", "secrets", "merge", "name", "map", &["name"]),
+    list("io.k8s.api.core.v1.ReplicationControllerStatus", "conditions", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", "merge", "type", "map", &["type"]),
 ];
 
 /// Struct fields Kubernetes treats as retain-keys unions (patching one member clears the others).
@@ -74,15 +94,15 @@ impl Types {
     /// Types from generated definitions (`components.schemas`), adding Kubernetes'
     /// list and patch semantics.
     pub fn from_definitions(mut defs: Map<String, Value>) -> Self {
-        for (schema, field, strategy, merge_key, list_type, keys) in LIST_SEMANTICS {
-            if let Some(prop) = defs.get_mut(*schema).and_then(|s| s.pointer_mut(&format!("/properties/{field}"))) {
-                prop["x-kubernetes-patch-strategy"] = json!(strategy);
-                if !merge_key.is_empty() {
-                    prop["x-kubernetes-patch-merge-key"] = json!(merge_key);
+        for l in LIST_SEMANTICS {
+            if let Some(prop) = defs.get_mut(l.schema).and_then(|s| s.pointer_mut(&format!("/properties/{}", l.field))) {
+                prop["x-kubernetes-patch-strategy"] = json!(l.patch_strategy);
+                if !l.merge_key.is_empty() {
+                    prop["x-kubernetes-patch-merge-key"] = json!(l.merge_key);
                 }
-                prop["x-kubernetes-list-type"] = json!(list_type);
-                if !keys.is_empty() {
-                    prop["x-kubernetes-list-map-keys"] = json!(keys);
+                prop["x-kubernetes-list-type"] = json!(l.list_type);
+                if !l.map_keys.is_empty() {
+                    prop["x-kubernetes-list-map-keys"] = json!(l.map_keys);
                 }
             }
         }

@@ -302,6 +302,28 @@ impl LabelSelector {
         Ok(LabelSelector { requirements })
     }
 
+    /// Converts an API `LabelSelector` (matchLabels and matchExpressions).
+    pub fn from_k8s(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Result<LabelSelector, String> {
+        let expressions: Vec<(String, String, Vec<String>)> = selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone().unwrap_or_default()))
+            .collect();
+        Self::from_match(&selector.match_labels.clone().unwrap_or_default(), &expressions)
+    }
+
+    /// Converts a selector held as JSON: a `LabelSelector` object, or the plain
+    /// label map ReplicationControllers and Services use.
+    pub fn from_json(selector: &serde_json::Value) -> Result<LabelSelector, String> {
+        if selector.get("matchLabels").is_some() || selector.get("matchExpressions").is_some() {
+            let typed = serde_json::from_value(selector.clone()).map_err(|e| e.to_string())?;
+            return Self::from_k8s(&typed);
+        }
+        let labels: BTreeMap<String, String> = serde_json::from_value(selector.clone()).map_err(|e| e.to_string())?;
+        Self::from_match(&labels, &[])
+    }
+
     /// True when the selector places no restriction (matches everything).
     #[must_use]
     pub fn is_empty(&self) -> bool {

@@ -212,11 +212,10 @@ async fn pump(
                 }
             },
         };
-        if let Some(line) = line {
-            if tx.send(line).await.is_err() {
+        if let Some(line) = line
+            && tx.send(line).await.is_err() {
                 return;
             }
-        }
     }
 }
 

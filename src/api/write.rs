@@ -156,12 +156,11 @@ impl Ctx {
         if r.tracks_generation {
             obj.set_meta("generation", 1);
         }
-        if obj.name().is_empty() {
-            if let Some(prefix) = obj.meta_str("generateName").filter(|p| !p.is_empty()) {
+        if obj.name().is_empty()
+            && let Some(prefix) = obj.meta_str("generateName").filter(|p| !p.is_empty()) {
                 let name = generate_name(prefix);
                 obj.set_meta("name", name);
             }
-        }
         let mut obj = self.admit(obj, None)?;
         admission::check_create(self, &obj).await?;
         if !self.is_apply() {
@@ -257,11 +256,10 @@ impl Ctx {
                 None => new_meta.remove(*f),
             };
         }
-        if !new_meta.contains_key("managedFields") {
-            if let Some(mf) = old.meta().and_then(|m| m.get("managedFields")) {
+        if !new_meta.contains_key("managedFields")
+            && let Some(mf) = old.meta().and_then(|m| m.get("managedFields")) {
                 new_meta.insert("managedFields".into(), mf.clone());
             }
-        }
         new_meta.insert("resourceVersion".into(), old_rev.to_string().into());
         *new.meta_mut() = new_meta;
         let mut new = self.admit(new, Some(old))?;

@@ -287,11 +287,10 @@ fn validate_service(svc: &Service) -> Vec<FieldError> {
     } else if ports.is_empty() && !headless {
         errors.push(FieldError::required("spec.ports", ""));
     }
-    if let Some(affinity) = spec.session_affinity.as_deref() {
-        if !["None", "ClientIP"].contains(&affinity) {
+    if let Some(affinity) = spec.session_affinity.as_deref()
+        && !["None", "ClientIP"].contains(&affinity) {
             errors.push(FieldError::not_supported("spec.sessionAffinity", affinity, &["ClientIP", "None"]));
         }
-    }
     let mut names = Vec::new();
     for (i, p) in ports.iter().enumerate() {
         let field = format!("spec.ports[{i}]");

@@ -36,13 +36,5 @@ fn labels_string(labels: &BTreeMap<String, String>) -> String {
 
 /// A LabelSelector rendered as kubectl shows it in wide output.
 fn selector_string(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
-    let exprs: Vec<(String, String, Vec<String>)> = selector
-        .match_expressions
-        .iter()
-        .flatten()
-        .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone().unwrap_or_default()))
-        .collect();
-    super::selector::LabelSelector::from_match(&selector.match_labels.clone().unwrap_or_default(), &exprs)
-        .map(|s| s.to_string())
-        .unwrap_or_default()
+    super::selector::LabelSelector::from_k8s(selector).map(|s| s.to_string()).unwrap_or_default()
 }

@@ -104,17 +104,11 @@ fn validate_replicated(
 /// Whether a LabelSelector matches a template's labels; `None` if the selector is empty or invalid.
 fn selector_matches_template(selector: &LabelSelector, template: Option<&PodTemplateSpec>, errors: &mut Vec<FieldError>) -> Option<bool> {
     let labels = template.and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
-    let exprs: Vec<(String, String, Vec<String>)> = selector
-        .match_expressions
-        .iter()
-        .flatten()
-        .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone().unwrap_or_default()))
-        .collect();
-    if selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty) && exprs.is_empty() {
+    if selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty) && selector.match_expressions.as_ref().is_none_or(Vec::is_empty) {
         errors.push(FieldError::invalid("spec.selector", "{}", "empty selector is invalid for deployment"));
         return None;
     }
-    match crate::api::selector::LabelSelector::from_match(&selector.match_labels.clone().unwrap_or_default(), &exprs) {
+    match crate::api::selector::LabelSelector::from_k8s(selector) {
         Ok(s) => Some(s.matches(&labels)),
         Err(e) => {
             errors.push(FieldError::invalid("spec.selector", selector_string(selector), e));
