@@ -6,12 +6,17 @@
 //!   generic REST machinery driven by the resource registry, discovery, OpenAPI.
 //! - [`store`]: etcd's role: a durable key space with one global revision and a
 //!   revisioned watch log, on sled.
+//! - [`controllers`]: the controller manager's control loops (ReplicaSets, …).
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
+//! - [`runtime`]: informers, work queues, the controller runner and the event
+//!   recorder that the scheduler, controllers and node agent share.
 //! - [`client`]: how rk's own components reach the API in-process.
 //! - [`bench`]: `rk bench`, figures for the notes measured through the real API.
 pub mod api;
 pub mod bench;
 pub mod client;
+pub mod controllers;
 pub mod pki;
+pub mod runtime;
 pub mod server;
 pub mod store;

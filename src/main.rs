@@ -100,5 +100,6 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             retain_events: args.watch_history_events,
             ..StoreOptions::default()
         },
+        controllers: Default::default(),
     }
 }

@@ -25,6 +25,7 @@ pub struct ServerConfig {
     pub kubeconfig: PathBuf,
     pub tls_sans: Vec<String>,
     pub store: StoreOptions,
+    pub controllers: crate::controllers::ControllerOptions,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -93,6 +94,14 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     bootstrap(&app).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    let controller_client = crate::client::in_process(app.clone(), Identity::system("kube-controller-manager"));
+    let controllers = crate::controllers::Context {
+        informers: crate::runtime::Informers::new(controller_client.clone(), shutdown.clone()),
+        client: controller_client,
+        options: config.controllers.clone(),
+        shutdown: shutdown.clone(),
+    };
+    crate::controllers::start(&controllers, &mut tasks);
     let tls = Arc::new(pki.server_config()?);
     tasks.spawn(api::serve::serve_tls(listener, tls, app.clone(), shutdown.clone()));
     {
