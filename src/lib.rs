@@ -7,6 +7,7 @@
 //! - [`store`]: etcd's role: a durable key space with one global revision and a
 //!   revisioned watch log, on sled.
 //! - [`controllers`]: the controller manager's control loops (ReplicaSets, …).
+//! - [`node`]: the node agent; today the fake nodes used to exercise the control plane.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event
 //!   recorder that the scheduler, controllers and node agent share.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod controllers;
+pub mod node;
 pub mod pki;
 pub mod runtime;
 pub mod server;

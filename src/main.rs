@@ -62,6 +62,10 @@ struct ServerArgs {
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     watch_history_seconds: u64,
 
+    /// Register this many simulated nodes that run pods without containers (kwok-style)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    fake_nodes: usize,
+
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
@@ -101,5 +105,6 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             ..StoreOptions::default()
         },
         controllers: Default::default(),
+        fake_nodes: args.fake_nodes,
     }
 }

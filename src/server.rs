@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     pub store: StoreOptions,
     pub controllers: crate::controllers::ControllerOptions,
+    /// Simulated nodes to register (for trying and measuring the control plane).
+    pub fake_nodes: usize,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -102,6 +104,9 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         shutdown: shutdown.clone(),
     };
     crate::controllers::start(&controllers, &mut tasks);
+    if config.fake_nodes > 0 {
+        tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, shutdown.clone()));
+    }
     let tls = Arc::new(pki.server_config()?);
     tasks.spawn(api::serve::serve_tls(listener, tls, app.clone(), shutdown.clone()));
     {

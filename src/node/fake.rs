@@ -1,0 +1,269 @@
+//! Fake nodes (kwok's role): simulated nodes that register, renew their Leases
+//! and move the pods bound to them to Running and Ready without running
+//! anything, so the control plane can be exercised and measured at a thousand
+//! nodes on one small machine. They talk to the API like any node agent.
+
+use crate::runtime::{Change, Controller, Error, Informer, Informers, Next, Reconciler, split_key};
+use async_trait::async_trait;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, Node, NodeAddress, NodeCondition,
+    NodeStatus, NodeSystemInfo, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::ResourceExt;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often each fake node renews its Lease (the kubelet's default).
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(10);
+const LEASE_DURATION_SECONDS: i32 = 40;
+/// Label every fake node carries, so tests and users can tell them apart.
+pub const FAKE_NODE_LABEL: &str = "rk.io/fake-node";
+
+pub fn node_name(index: usize) -> String {
+    format!("fake-{index}")
+}
+
+/// The InternalIP of fake node `index`, in 10.200.0.0/14.
+fn node_ip(index: usize) -> String {
+    let n = index + 1;
+    format!("10.{}.{}.{}", 200 + n / 65536, (n / 256) % 256, n % 256)
+}
+
+fn quantity(s: &str) -> Quantity {
+    Quantity(s.to_owned())
+}
+
+fn node(index: usize) -> Node {
+    let name = node_name(index);
+    let resources: BTreeMap<String, Quantity> = [
+        ("cpu", "32"),
+        ("memory", "256Gi"),
+        ("pods", "110"),
+        ("ephemeral-storage", "1Ti"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), quantity(v)))
+    .collect();
+    let now = Time(jiff::Timestamp::now());
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now.clone()),
+    };
+    Node {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(
+                [
+                    ("kubernetes.io/hostname", name.as_str()),
+                    ("kubernetes.io/os", "linux"),
+                    ("kubernetes.io/arch", "amd64"),
+                    (FAKE_NODE_LABEL, "true"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(NodeStatus {
+            capacity: Some(resources.clone()),
+            allocatable: Some(resources),
+            conditions: Some(vec![
+                condition("Ready", "True", "KubeletReady", "fake node is ready"),
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "fake node has sufficient memory"),
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "fake node has no disk pressure"),
+                condition("PIDPressure", "False", "KubeletHasSufficientPID", "fake node has sufficient PID"),
+            ]),
+            addresses: Some(vec![
+                NodeAddress { type_: "InternalIP".into(), address: node_ip(index) },
+                NodeAddress { type_: "Hostname".into(), address: name },
+            ]),
+            node_info: Some(NodeSystemInfo {
+                architecture: "amd64".into(),
+                operating_system: "linux".into(),
+                os_image: "rk fake node".into(),
+                kernel_version: "fake".into(),
+                container_runtime_version: "fake://0".into(),
+                kubelet_version: format!("v1.{}.0-rk-fake", crate::api::discovery::KUBERNETES_MINOR),
+                kube_proxy_version: String::new(),
+                boot_id: String::new(),
+                machine_id: String::new(),
+                system_uuid: String::new(),
+                swap: None,
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Registers `count` fake nodes, keeps their Leases fresh and runs their pods
+/// until `shutdown`.
+pub async fn run(informers: Arc<Informers>, count: usize, shutdown: CancellationToken) {
+    let client = informers.client().clone();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    for index in 0..count {
+        if let Err(e) = register(&nodes, index).await {
+            tracing::warn!(error = %e, node = node_name(index), "fake node not registered");
+        }
+    }
+    tracing::info!(count, "fake nodes registered");
+    tokio::spawn(renew_leases(leases, count, shutdown.clone()));
+    let pods = informers.get::<Pod>();
+    let controller = Controller::new("fake-kubelet", 8).watch(&pods, |change: &Change<Pod>| {
+        let pod = change.object();
+        match (&change, pod.spec.as_ref().and_then(|s| s.node_name.as_deref())) {
+            (Change::Applied { .. }, Some(node)) if node.starts_with("fake-") => vec![crate::runtime::key_of(pod.as_ref())],
+            _ => vec![],
+        }
+    });
+    let kubelet = Arc::new(FakeKubelet { pods, client, addresses: Mutex::new(HashMap::new()) });
+    controller.run(kubelet, shutdown).await;
+}
+
+async fn register(nodes: &Api<Node>, index: usize) -> Result<(), kube::Error> {
+    match nodes.create(&PostParams::default(), &node(index)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let status = json!({ "status": node(index).status });
+            nodes.patch_status(&node_name(index), &PatchParams::default(), &Patch::Merge(&status)).await.map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Renews every fake node's Lease each period, spread over the period.
+async fn renew_leases(leases: Api<Lease>, count: usize, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(LEASE_RENEW_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let pause = LEASE_RENEW_EVERY.checked_div(count.max(1) as u32 * 2).unwrap_or_default();
+        for index in 0..count {
+            let name = node_name(index);
+            let lease = Lease {
+                metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.clone()),
+                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                    renew_time: Some(MicroTime(jiff::Timestamp::now())),
+                    ..Default::default()
+                }),
+            };
+            if let Err(e) = leases.replace(&name, &PostParams::default(), &lease).await {
+                tracing::debug!(error = %e, node = name, "lease not renewed");
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Plays the kubelet for pods bound to fake nodes.
+struct FakeKubelet {
+    pods: Informer<Pod>,
+    client: kube::Client,
+    /// Next free host number per node, for pod IPs.
+    addresses: Mutex<HashMap<String, u32>>,
+}
+
+impl FakeKubelet {
+    fn pod_ip(&self, node: &str) -> String {
+        let index: u32 = node.trim_start_matches("fake-").parse().unwrap_or(0);
+        let mut next = self.addresses.lock().expect("addresses lock");
+        let host = next.entry(node.to_owned()).or_insert(1);
+        let ip = format!("10.{}.{}.{}", 64 + index / 256, index % 256, *host % 254 + 1);
+        *host += 1;
+        ip
+    }
+}
+
+fn running_status(pod: &Pod, host_ip: &str, pod_ip: String) -> PodStatus {
+    let now = Time(jiff::Timestamp::now());
+    let spec = pod.spec.clone().unwrap_or_default();
+    let condition = |type_: &str| PodCondition {
+        type_: type_.into(),
+        status: "True".into(),
+        last_transition_time: Some(now.clone()),
+        ..Default::default()
+    };
+    let status_of = |c: &k8s_openapi::api::core::v1::Container, state: ContainerState, ready: bool| ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: format!("fake://{}", c.image.clone().unwrap_or_default()),
+        container_id: Some(format!("fake://{}/{}", pod.uid().unwrap_or_default(), c.name)),
+        ready,
+        started: Some(ready),
+        restart_count: 0,
+        state: Some(state),
+        ..Default::default()
+    };
+    PodStatus {
+        phase: Some("Running".into()),
+        conditions: Some(["PodScheduled", "Initialized", "ContainersReady", "Ready"].map(condition).into()),
+        host_ip: Some(host_ip.to_owned()),
+        pod_ip: Some(pod_ip.clone()),
+        pod_ips: Some(vec![PodIP { ip: pod_ip }]),
+        start_time: Some(now.clone()),
+        qos_class: pod.status.as_ref().and_then(|s| s.qos_class.clone()),
+        init_container_statuses: spec.init_containers.as_ref().map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let done = ContainerStateTerminated { exit_code: 0, reason: Some("Completed".into()), finished_at: Some(now.clone()), started_at: Some(now.clone()), ..Default::default() };
+                    status_of(c, ContainerState { terminated: Some(done), ..Default::default() }, false)
+                })
+                .collect()
+        }),
+        container_statuses: Some(
+            spec.containers
+                .iter()
+                .map(|c| status_of(c, ContainerState { running: Some(ContainerStateRunning { started_at: Some(now.clone()) }), ..Default::default() }, true))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Reconciler for FakeKubelet {
+    async fn reconcile(&self, key: &str) -> Result<Next, Error> {
+        let Some(pod) = self.pods.get(key) else { return Ok(Next::Done) };
+        let (namespace, name) = split_key(key);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        if pod.metadata.deletion_timestamp.is_some() {
+            // Nothing runs, so termination is immediate.
+            let params = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
+            match api.delete(name, &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Next::Done);
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        if phase != "Pending" {
+            return Ok(Next::Done);
+        }
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let index: usize = node.trim_start_matches("fake-").parse().unwrap_or(0);
+        let status = running_status(&pod, &node_ip(index), self.pod_ip(&node));
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+        Ok(Next::Done)
+    }
+}
