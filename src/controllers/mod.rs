@@ -2,6 +2,7 @@
 //! cluster equal to the desired state, each on the shared informers and the
 //! work-queue runner of `crate::runtime`, talking to the API only.
 
+pub mod endpoints;
 pub mod replicaset;
 
 use crate::runtime::{Informers, Recorder};
@@ -45,4 +46,5 @@ impl Context {
 pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(ctx.clone()));
     tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone()));
+    tasks.spawn(endpoints::run(ctx.clone()));
 }

@@ -1,0 +1,87 @@
+//! Control loops against the real binary with fake nodes: replica controllers
+//! keep their pods, Endpoints and EndpointSlices follow pod readiness, and
+//! components record Events that `kubectl describe` shows.
+
+mod common;
+
+use common::{Server, eventually, write_file};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn replicaset(name: &str, replicas: u32, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      nodeName: {node}
+      containers: [{{name: web, image: busybox, ports: [{{name: http, containerPort: 8080}}]}}]
+"#
+    )
+}
+
+fn count_lines(out: &str, needle: &str) -> usize {
+    out.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn a_replicaset_keeps_its_pods_running_and_replaces_deleted_ones() {
+    let server = Server::start_with(&["--fake-nodes", "2"]);
+    let file = write_file(server.dir.path(), "rs.yaml", &replicaset("web", 3, "fake-0"));
+    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let ready = || server.ok(&["get", "rs", "web", "-o", "jsonpath={.status.readyReplicas}"]) == "3";
+    assert!(eventually(TIMEOUT, ready), "3 ready replicas: {}", server.ok(&["get", "rs,pods", "-o", "wide"]));
+    let victim = server.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    server.ok(&["delete", "pod", &victim]);
+    assert!(eventually(TIMEOUT, || {
+        let pods = server.ok(&["get", "pods", "-l", "app=web", "--no-headers"]);
+        count_lines(&pods, "Running") == 3 && !pods.contains(&victim)
+    }));
+    server.ok(&["scale", "rs", "web", "--replicas=1"]);
+    assert!(eventually(TIMEOUT, || count_lines(&server.ok(&["get", "pods", "-l", "app=web", "--no-headers"]), "web-") == 1));
+    let events = server.ok(&["describe", "rs", "web"]);
+    assert!(events.contains("SuccessfulCreate") && events.contains("SuccessfulDelete") && events.contains("replicaset-controller"), "{events}");
+}
+
+#[test]
+fn orphan_pods_that_match_are_adopted() {
+    let server = Server::start_with(&["--fake-nodes", "1"]);
+    server.ok(&["run", "stray", "--image=busybox", "--labels=app=web", "--overrides", r#"{"spec":{"nodeName":"fake-0"}}"#]);
+    let file = write_file(server.dir.path(), "rs.yaml", &replicaset("web", 2, "fake-0"));
+    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(eventually(TIMEOUT, || server.ok(&["get", "pod", "stray", "-o", "jsonpath={.metadata.ownerReferences[0].name}"]) == "web"));
+    assert!(eventually(TIMEOUT, || count_lines(&server.ok(&["get", "pods", "-l", "app=web", "--no-headers"]), "Running") == 2));
+}
+
+#[test]
+fn endpoints_and_slices_list_exactly_the_ready_pods() {
+    let server = Server::start_with(&["--fake-nodes", "1"]);
+    let file = write_file(server.dir.path(), "rs.yaml", &replicaset("web", 3, "fake-0"));
+    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    server.ok(&["create", "service", "clusterip", "web", "--tcp=80:http"]);
+    // `kubectl create service` selects app=web.
+    let addresses = || server.ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"]);
+    assert!(eventually(TIMEOUT, || addresses().split_whitespace().count() == 3), "{}", addresses());
+    assert_eq!(server.ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[0].ports[0].port}"]), "8080", "the named port resolves");
+    let slice_ready = || server.ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", "jsonpath={.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}"]);
+    assert!(eventually(TIMEOUT, || slice_ready().split_whitespace().count() == 3), "{}", slice_ready());
+
+    // One pod stops being ready: it moves to notReadyAddresses and its slice endpoint is not ready.
+    let pod = server.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let ip = server.ok(&["get", "pod", &pod, "-o", "jsonpath={.status.podIP}"]);
+    server.ok(&["patch", "pod", &pod, "--subresource=status", "--type=strategic", "-p", r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#]);
+    assert!(eventually(TIMEOUT, || !addresses().contains(&ip) && addresses().split_whitespace().count() == 2), "{}", addresses());
+    assert_eq!(server.ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].notReadyAddresses[*].ip}"]), ip);
+    assert!(eventually(TIMEOUT, || slice_ready().split_whitespace().count() == 2 && !slice_ready().contains(&ip)));
+
+    // Deleting the Service removes what was made for it.
+    server.ok(&["delete", "service", "web"]);
+    assert!(eventually(TIMEOUT, || server.kubectl(&["get", "endpoints", "web"]).status.code() == Some(1)));
+}
