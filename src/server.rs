@@ -6,7 +6,7 @@
 use crate::api::{self, Api, admission, auth::Identity, auth::Tokens};
 use crate::pki::{self, Pki};
 use crate::store::{SharedStorage, SledStore, StoreOptions};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,7 +91,8 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     let address = listener.local_addr()?;
     let advertise = advertise_address(config.bind_address, address.port());
     let shutdown = CancellationToken::new();
-    let api = Api::new(store.clone() as SharedStorage, tokens, shutdown.clone(), advertise.clone());
+    let signer = crate::api::tokens::TokenSigner::load_or_create(&config.data_dir.join("tls").join("service-account.key"))?;
+    let api = Api::new(store.clone() as SharedStorage, tokens, signer, shutdown.clone(), advertise.clone());
     let app = api::router(api.clone());
     bootstrap(&app).await?;
 
@@ -102,6 +103,7 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         client: controller_client,
         options: config.controllers.clone(),
         shutdown: shutdown.clone(),
+        cluster_ca: pki.ca_pem().to_owned(),
     };
     crate::controllers::start(&controllers, &mut tasks);
     if config.fake_nodes > 0 {
@@ -142,17 +144,24 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// Objects every cluster has from its first start, created through the API.
+/// Objects every cluster has from its first start, created through the API: the
+/// initial namespaces and their default service accounts (so pods can be created
+/// at once; the service account controller covers later namespaces).
 async fn bootstrap(app: &axum::Router) -> Result<(), Error> {
     let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
-    let namespaces: kube::Api<Namespace> = kube::Api::all(client);
+    let params = kube::api::PostParams::default();
+    let ignore_existing = |what: String, r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(format!("creating {what}: {e}")),
+        Ok(()) => Ok(()),
+    };
     for name in admission::INITIAL_NAMESPACES {
-        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some((*name).into()), ..Default::default() }, ..Default::default() };
-        match namespaces.create(&kube::api::PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(format!("creating namespace {name}: {e}").into()),
-        }
+        let meta = |n: &str| kube::api::ObjectMeta { name: Some(n.into()), ..Default::default() };
+        let ns = Namespace { metadata: meta(name), ..Default::default() };
+        ignore_existing(format!("namespace {name}"), kube::Api::<Namespace>::all(client.clone()).create(&params, &ns).await.map(drop))?;
+        let sa = ServiceAccount { metadata: meta(crate::controllers::serviceaccounts::DEFAULT_ACCOUNT), ..Default::default() };
+        let accounts = kube::Api::<ServiceAccount>::namespaced(client.clone(), name);
+        ignore_existing(format!("service account {name}/default"), accounts.create(&params, &sa).await.map(drop))?;
     }
     Ok(())
 }

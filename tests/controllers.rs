@@ -85,3 +85,33 @@ fn endpoints_and_slices_list_exactly_the_ready_pods() {
     server.ok(&["delete", "service", "web"]);
     assert!(eventually(TIMEOUT, || server.kubectl(&["get", "endpoints", "web"]).status.code() == Some(1)));
 }
+
+#[test]
+fn service_accounts_get_default_accounts_ca_and_working_tokens() {
+    let server = Server::start();
+    server.ok(&["create", "namespace", "team"]);
+    assert!(eventually(TIMEOUT, || server.kubectl(&["get", "sa", "default", "-n", "team"]).status.success()));
+    assert!(eventually(TIMEOUT, || server.ok(&["get", "cm", "kube-root-ca.crt", "-n", "team", "-o", "jsonpath={.data.ca\\.crt}"]).contains("BEGIN CERTIFICATE")));
+    server.ok(&["create", "serviceaccount", "robot", "-n", "team"]);
+    let token = server.ok(&["create", "token", "robot", "-n", "team"]).trim().to_owned();
+    let as_robot = |args: &[&str]| {
+        let mut full = vec!["--token", &token, "--kubeconfig=/dev/null", "--server", &server.url, "--insecure-skip-tls-verify"];
+        full.extend_from_slice(args);
+        server.kubectl(&full)
+    };
+    assert!(as_robot(&["get", "sa", "-n", "team"]).status.success(), "the token authenticates");
+    // A legacy token Secret is filled in and works too.
+    let secret = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"robot-token","annotations":{"kubernetes.io/service-account.name":"robot"}},"type":"kubernetes.io/service-account-token"}"#;
+    server.kubectl_with(&["apply", "-n", "team", "-f", "-"], Some(secret), &[]);
+    assert!(eventually(TIMEOUT, || !server.ok(&["get", "secret", "robot-token", "-n", "team", "-o", "jsonpath={.data.token}"]).is_empty()));
+    // Deleting the account revokes its tokens.
+    server.ok(&["delete", "serviceaccount", "robot", "-n", "team"]);
+    let denied = as_robot(&["get", "sa", "-n", "team"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Unauthorized"), "{}", String::from_utf8_lossy(&denied.stderr));
+    // Pods run as an account that must exist, with its credentials mounted.
+    let err = server.fails(&["run", "p", "--image=busybox", "-n", "team", "--overrides", r#"{"spec":{"serviceAccountName":"nope"}}"#]);
+    assert!(err.contains("error looking up service account team/nope"), "{err}");
+    server.ok(&["run", "p", "--image=busybox", "-n", "team"]);
+    let mounts = server.ok(&["get", "pod", "p", "-n", "team", "-o", "jsonpath={.spec.containers[0].volumeMounts[0].mountPath}"]);
+    assert_eq!(mounts, "/var/run/secrets/kubernetes.io/serviceaccount");
+}

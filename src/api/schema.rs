@@ -88,6 +88,9 @@ impl Types {
         generator.subschema_for::<ListMeta>();
         generator.subschema_for::<Status>();
         generator.subschema_for::<DeleteOptions>();
+        // Bodies of subresources.
+        generator.subschema_for::<k8s_openapi::api::core::v1::Binding>();
+        generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
         Self::from_definitions(generator.take_definitions(true))
     }
 

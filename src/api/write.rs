@@ -161,8 +161,9 @@ impl Ctx {
                 let name = generate_name(prefix);
                 obj.set_meta("name", name);
             }
-        let mut obj = self.admit(obj, None)?;
         admission::check_create(self, &obj).await?;
+        admission::mutate_create(self, &mut obj).await?;
+        let mut obj = self.admit(obj, None)?;
         if !self.is_apply() {
             let (now, manager_name, api_version) = (now_rfc3339(), self.field_manager("unknown"), r.api_version());
             fields::track_update(None, &mut obj, &self.manager(&manager_name, &api_version, &now, None), self.schema_node());

@@ -4,6 +4,7 @@
 
 pub mod endpoints;
 pub mod replicaset;
+pub mod serviceaccounts;
 
 use crate::runtime::{Informers, Recorder};
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct Context {
     pub informers: Arc<Informers>,
     pub options: ControllerOptions,
     pub shutdown: CancellationToken,
+    /// The cluster CA (PEM) that pods are given to trust the API.
+    pub cluster_ca: String,
 }
 
 impl Context {
@@ -47,4 +50,5 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(ctx.clone()));
     tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone()));
     tasks.spawn(endpoints::run(ctx.clone()));
+    tasks.spawn(serviceaccounts::run(ctx.clone()));
 }
