@@ -93,12 +93,11 @@ fn mount_service_account_token(pod: &mut Value) {
     for list in ["initContainers", "containers"] {
         for container in pod["spec"][list].as_array_mut().into_iter().flatten() {
             let mounts = container.as_object_mut().map(|c| c.entry("volumeMounts").or_insert_with(|| json!([])));
-            if let Some(Value::Array(mounts)) = mounts {
-                if !mounts.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_MOUNT)) {
+            if let Some(Value::Array(mounts)) = mounts
+                && !mounts.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_MOUNT)) {
                     mounts.push(mount.clone());
                     mounted = true;
                 }
-            }
         }
     }
     if !mounted {
@@ -115,9 +114,8 @@ fn mount_service_account_token(pod: &mut Value) {
             ],
         },
     });
-    if let Some(spec) = pod["spec"].as_object_mut() {
-        if let Value::Array(volumes) = spec.entry("volumes").or_insert_with(|| json!([])) {
+    if let Some(spec) = pod["spec"].as_object_mut()
+        && let Value::Array(volumes) = spec.entry("volumes").or_insert_with(|| json!([])) {
             volumes.push(volume);
         }
-    }
 }

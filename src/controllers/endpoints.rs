@@ -163,11 +163,10 @@ impl Reconciler for EndpointsController {
         }
         let current = self.endpoints.get(key);
         let wanted_subsets = (!subsets.is_empty()).then_some(subsets);
-        if let Some(current) = &current {
-            if current.subsets == wanted_subsets && current.metadata.labels.clone().unwrap_or_default() == labels {
+        if let Some(current) = &current
+            && current.subsets == wanted_subsets && current.metadata.labels.clone().unwrap_or_default() == labels {
                 return Ok(Next::Done);
             }
-        }
         let endpoints = Endpoints {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_owned()),
