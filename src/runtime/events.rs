@@ -27,8 +27,11 @@ pub struct Recorder {
     client: kube::Client,
     component: String,
     host: Option<String>,
-    seen: Arc<Mutex<HashMap<String, (String, i32, Instant)>>>,
+    seen: Arc<Mutex<HashMap<String, Recorded>>>,
 }
+
+/// An Event already written: its name, count and when it last happened.
+type Recorded = (String, i32, Instant);
 
 /// A reference to `obj` for an Event's `involvedObject`.
 pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
