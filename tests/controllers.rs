@@ -115,3 +115,85 @@ fn service_accounts_get_default_accounts_ca_and_working_tokens() {
     let mounts = server.ok(&["get", "pod", "p", "-n", "team", "-o", "jsonpath={.spec.containers[0].volumeMounts[0].mountPath}"]);
     assert_eq!(mounts, "/var/run/secrets/kubernetes.io/serviceaccount");
 }
+
+#[test]
+fn a_job_runs_to_completion_with_parallelism() {
+    let server = Server::start_with(&["--fake-nodes", "1"]);
+    let job = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: batch}
+spec:
+  completions: 4
+  parallelism: 2
+  template:
+    metadata: {annotations: {rk.io/fake-run-seconds: "1"}}
+    spec:
+      nodeName: fake-0
+      restartPolicy: Never
+      containers: [{name: work, image: busybox}]
+"#;
+    server.kubectl_with(&["apply", "-f", "-"], Some(job), &[]);
+    // Never more than `parallelism` pods at once.
+    let mut most_running = 0;
+    let done = eventually(Duration::from_secs(60), || {
+        let running = count_lines(&server.ok(&["get", "pods", "-l", "job-name=batch", "--no-headers"]), "Running");
+        most_running = most_running.max(running);
+        server.ok(&["get", "job", "batch", "-o", "jsonpath={.status.succeeded}"]) == "4"
+    });
+    assert!(done, "{}", server.ok(&["get", "job,pods", "-o", "wide"]));
+    assert!((1..=2).contains(&most_running), "at most 2 pods ran at once, saw {most_running}");
+    server.ok(&["wait", "--for=condition=complete", "job/batch", "--timeout=30s"]);
+    assert!(server.ok(&["get", "job", "batch"]).contains("Complete"));
+    assert!(server.ok(&["describe", "job", "batch"]).contains("Completed"));
+}
+
+#[test]
+fn a_failing_job_stops_at_its_backoff_limit() {
+    let server = Server::start_with(&["--fake-nodes", "1"]);
+    let job = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: doomed}
+spec:
+  backoffLimit: 1
+  template:
+    metadata: {annotations: {rk.io/fake-run-seconds: "0", rk.io/fake-exit-code: "3"}}
+    spec:
+      nodeName: fake-0
+      restartPolicy: Never
+      containers: [{name: work, image: busybox}]
+"#;
+    server.kubectl_with(&["apply", "-f", "-"], Some(job), &[]);
+    server.ok(&["wait", "--for=condition=failed", "job/doomed", "--timeout=60s"]);
+    assert_eq!(server.ok(&["get", "job", "doomed", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"]), "BackoffLimitExceeded");
+    assert_eq!(server.ok(&["get", "job", "doomed", "-o", "jsonpath={.status.failed}"]), "2");
+}
+
+#[test]
+fn a_cronjob_starts_the_run_it_missed() {
+    let server = Server::start_with(&["--fake-nodes", "1"]);
+    let cronjob = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "*/1 * * * *"
+  suspend: true
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          nodeName: fake-0
+          restartPolicy: Never
+          containers: [{name: work, image: busybox}]
+"#;
+    server.kubectl_with(&["apply", "-f", "-"], Some(cronjob), &[]);
+    let past = (jiff::Timestamp::now() - jiff::SignedDuration::from_mins(3)).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    server.ok(&["patch", "cronjob", "tick", "--subresource=status", "--type=merge", "-p", &format!(r#"{{"status":{{"lastScheduleTime":"{past}"}}}}"#)]);
+    server.ok(&["patch", "cronjob", "tick", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    assert!(eventually(TIMEOUT, || server.ok(&["get", "jobs", "-o", "name"]).contains("job.batch/tick-")), "{}", server.ok(&["get", "cronjob,jobs"]));
+    assert!(eventually(TIMEOUT, || !server.ok(&["get", "cronjob", "tick", "-o", "jsonpath={.status.lastScheduleTime}"]).contains(&past)));
+    let job = server.ok(&["get", "jobs", "-o", "jsonpath={.items[0].metadata.ownerReferences[0].kind}"]);
+    assert_eq!(job, "CronJob");
+}

@@ -2,8 +2,11 @@
 //! cluster equal to the desired state, each on the shared informers and the
 //! work-queue runner of `crate::runtime`, talking to the API only.
 
+pub mod cronjob;
 pub mod endpoints;
+pub mod job;
 pub mod replicaset;
+pub mod schedule;
 pub mod serviceaccounts;
 
 use crate::runtime::{Informers, Recorder};
@@ -51,4 +54,6 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone()));
     tasks.spawn(endpoints::run(ctx.clone()));
     tasks.spawn(serviceaccounts::run(ctx.clone()));
+    tasks.spawn(job::run(ctx.clone()));
+    tasks.spawn(cronjob::run(ctx.clone()));
 }

@@ -257,13 +257,68 @@ impl Reconciler for FakeKubelet {
             return Ok(Next::Done);
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-        if phase != "Pending" {
-            return Ok(Next::Done);
+        let runs_to_completion = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).is_some_and(|p| p != "Always");
+        match phase {
+            "Pending" => {
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                let index: usize = node.trim_start_matches("fake-").parse().unwrap_or(0);
+                let status = running_status(&pod, &node_ip(index), self.pod_ip(&node));
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+                Ok(if runs_to_completion { Next::After(run_time(&pod)) } else { Next::Done })
+            }
+            "Running" if runs_to_completion => {
+                let started = pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or(jiff::Timestamp::now(), |t| t.0);
+                let elapsed = Duration::from_millis((jiff::Timestamp::now().as_millisecond() - started.as_millisecond()).max(0) as u64);
+                if elapsed < run_time(&pod) {
+                    return Ok(Next::After(run_time(&pod) - elapsed));
+                }
+                let exit_code: i32 = pod.annotations().get(FAKE_EXIT_CODE).and_then(|c| c.parse().ok()).unwrap_or(0);
+                let status = finished_status(&pod, exit_code);
+                // Strategic: conditions merge by type, keeping PodScheduled and Initialized.
+                api.patch_status(name, &PatchParams::default(), &Patch::Strategic(json!({ "status": status }))).await?;
+                Ok(Next::Done)
+            }
+            _ => Ok(Next::Done),
         }
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-        let index: usize = node.trim_start_matches("fake-").parse().unwrap_or(0);
-        let status = running_status(&pod, &node_ip(index), self.pod_ip(&node));
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
-        Ok(Next::Done)
     }
+}
+
+/// Pods that run to completion (restartPolicy Never or OnFailure) "run" this
+/// long on a fake node (annotation `rk.io/fake-run-seconds`, default 1).
+const FAKE_RUN_SECONDS: &str = "rk.io/fake-run-seconds";
+/// ... and exit with this code (annotation `rk.io/fake-exit-code`, default 0).
+const FAKE_EXIT_CODE: &str = "rk.io/fake-exit-code";
+
+fn run_time(pod: &Pod) -> Duration {
+    let seconds: f64 = pod.annotations().get(FAKE_RUN_SECONDS).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0))
+}
+
+/// The status of a pod whose containers all exited with `exit_code`.
+fn finished_status(pod: &Pod, exit_code: i32) -> serde_json::Value {
+    let now = Time(jiff::Timestamp::now());
+    let (phase, reason) = if exit_code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
+    let statuses: Vec<ContainerStatus> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            let started_at = c.state.as_ref().and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.clone());
+            c.state = Some(ContainerState {
+                terminated: Some(ContainerStateTerminated { exit_code, reason: Some(reason.into()), started_at, finished_at: Some(now.clone()), ..Default::default() }),
+                ..Default::default()
+            });
+            c.ready = false;
+            c.started = Some(false);
+            c
+        })
+        .collect();
+    let not_ready = |type_: &str| json!({ "type": type_, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now });
+    json!({
+        "phase": phase,
+        "containerStatuses": statuses,
+        "conditions": [not_ready("Ready"), not_ready("ContainersReady")],
+    })
 }

@@ -2,7 +2,7 @@
 //! ReplicaSets and Deployments. The pod-spec rules they share live in `pods.rs`.
 
 use super::pods;
-use super::{labels_string, or_none, selector_string};
+use super::{containers_and_images, labels_string, or_none, selector_string};
 use crate::api::error::FieldError;
 use crate::api::registry::{Column, Resource, ResourceBuilder, Subresource};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
@@ -57,14 +57,6 @@ pub fn pods() -> Resource {
 
 pub fn resources() -> Vec<Resource> {
     vec![replicationcontrollers(), deployments(), replicasets()]
-}
-
-/// Container names and images of a template, for wide output.
-fn containers_and_images(template: Option<&PodTemplateSpec>) -> (String, String) {
-    let containers = template.and_then(|t| t.spec.as_ref()).map(|s| s.containers.as_slice()).unwrap_or_default();
-    let names = containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(",");
-    let images = containers.iter().map(|c| c.image.clone().unwrap_or_default()).collect::<Vec<_>>().join(",");
-    (names, images)
 }
 
 fn default_template(template: Option<&mut PodTemplateSpec>) {
