@@ -108,8 +108,8 @@ impl Reconciler for CronJobController {
             "active": active.iter().map(|j| job_reference(j)).collect::<Vec<_>>(),
             "lastSuccessfulTime": last_successful,
         });
-        if spec.suspend != Some(true) {
-            if let Some(scheduled) = schedule.most_recent(since, now, &tz) {
+        if spec.suspend != Some(true)
+            && let Some(scheduled) = schedule.most_recent(since, now, &tz) {
                 let too_late = spec.starting_deadline_seconds.is_some_and(|d| now.as_second() - scheduled.as_second() > d);
                 let forbid = spec.concurrency_policy.as_deref() == Some("Forbid") && !active.is_empty();
                 if too_late {
@@ -161,7 +161,6 @@ impl Reconciler for CronJobController {
                     status["lastScheduleTime"] = json!(crate::api::object::format_time(scheduled));
                 }
             }
-        }
         let current = serde_json::to_value(cronjob.as_ref())?.get("status").cloned().unwrap_or(json!({}));
         let mut merged = current.clone();
         for (k, v) in status.as_object().into_iter().flatten() {

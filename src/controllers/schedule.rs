@@ -125,11 +125,10 @@ impl Schedule {
                             continue;
                         }
                         // A time skipped by a DST change resolves to the instant after the gap.
-                        if let Ok(zoned) = candidate.to_zoned(tz.clone()) {
-                            if zoned.timestamp() > after {
+                        if let Ok(zoned) = candidate.to_zoned(tz.clone())
+                            && zoned.timestamp() > after {
                                 return Some(zoned.timestamp());
                             }
-                        }
                     }
                 }
             }
