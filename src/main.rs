@@ -66,6 +66,18 @@ struct ServerArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     fake_nodes: usize,
 
+    /// Range of Service cluster IPs
+    #[arg(long, default_value = "10.43.0.0/16", value_name = "CIDR")]
+    service_cidr: ipnet::Ipv4Net,
+
+    /// Range of pod IPs; each node gets a /24 of it
+    #[arg(long, default_value = "10.42.0.0/16", value_name = "CIDR")]
+    cluster_cidr: ipnet::Ipv4Net,
+
+    /// Range of NodePorts
+    #[arg(long, default_value = "30000-32767", value_name = "LOW-HIGH", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
+
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
@@ -104,7 +116,17 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             retain_events: args.watch_history_events,
             ..StoreOptions::default()
         },
-        controllers: Default::default(),
+        controllers: rk::controllers::ControllerOptions { cluster_cidr: args.cluster_cidr, ..Default::default() },
         fake_nodes: args.fake_nodes,
+        service_ranges: rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range },
     }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (low, high) = s.split_once('-').ok_or("expected LOW-HIGH, e.g. 30000-32767")?;
+    let (low, high): (u16, u16) = (low.trim().parse().map_err(|e| format!("{e}"))?, high.trim().parse().map_err(|e| format!("{e}"))?);
+    if low == 0 || low > high {
+        return Err(format!("{low}-{high} is not a range of ports"));
+    }
+    Ok((low, high))
 }

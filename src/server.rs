@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub controllers: crate::controllers::ControllerOptions,
     /// Simulated nodes to register (for trying and measuring the control plane).
     pub fake_nodes: usize,
+    /// Where Service cluster IPs and node ports come from.
+    pub service_ranges: crate::api::allocator::Ranges,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -92,9 +94,11 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     let advertise = advertise_address(config.bind_address, address.port());
     let shutdown = CancellationToken::new();
     let signer = crate::api::tokens::TokenSigner::load_or_create(&config.data_dir.join("tls").join("service-account.key"))?;
-    let api = Api::new(store.clone() as SharedStorage, tokens, signer, shutdown.clone(), advertise.clone());
+    let api = Api::new(store.clone() as SharedStorage, tokens, signer, shutdown.clone(), advertise.clone(), config.service_ranges.clone());
+    crate::api::allocator::repair(&api.store, &api.ranges).await.map_err(|e| format!("repairing service address allocations: {e}"))?;
     let app = api::router(api.clone());
     bootstrap(&app).await?;
+    publish_api_service(&app, &config.service_ranges, api_endpoint(config.bind_address), address.port()).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     let controller_client = crate::client::in_process(app.clone(), Identity::system("kube-controller-manager"));
@@ -164,6 +168,61 @@ async fn bootstrap(app: &axum::Router) -> Result<(), Error> {
         ignore_existing(format!("service account {name}/default"), accounts.create(&params, &sa).await.map(drop))?;
     }
     Ok(())
+}
+
+/// The `kubernetes` Service in `default`, at the first address of the service
+/// range, with Endpoints pointing at this server, as the API server keeps them.
+async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator::Ranges, ip: IpAddr, port: u16) -> Result<(), Error> {
+    use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec};
+    let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
+    let meta = kube::api::ObjectMeta {
+        name: Some("kubernetes".into()),
+        namespace: Some("default".into()),
+        labels: Some([("component".to_owned(), "apiserver".to_owned()), ("provider".to_owned(), "kubernetes".to_owned())].into()),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: meta.clone(),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ranges.api_service_ip().to_string()),
+            ports: Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: 443,
+                protocol: Some("TCP".into()),
+                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(port))),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    match kube::Api::<Service>::namespaced(client.clone(), "default").create(&kube::api::PostParams::default(), &service).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(format!("creating the kubernetes Service: {e}").into()),
+    }
+    let endpoints = Endpoints {
+        metadata: meta,
+        subsets: Some(vec![EndpointSubset {
+            addresses: Some(vec![EndpointAddress { ip: ip.to_string(), ..Default::default() }]),
+            ports: Some(vec![EndpointPort { name: Some("https".into()), port: i32::from(port), protocol: Some("TCP".into()), app_protocol: None }]),
+            not_ready_addresses: None,
+        }]),
+    };
+    let api = kube::Api::<Endpoints>::namespaced(client, "default");
+    let params = kube::api::PatchParams::apply("rk-server").force();
+    api.patch("kubernetes", &params, &kube::api::Patch::Apply(&endpoints)).await.map_err(|e| format!("publishing the kubernetes Endpoints: {e}"))?;
+    Ok(())
+}
+
+/// The address pods reach this server at: the bound one, or the host's
+/// default-route address when listening everywhere.
+fn api_endpoint(bind: IpAddr) -> IpAddr {
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    let outgoing = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect("10.255.255.255:1").and(s.local_addr()));
+    outgoing.map(|a| a.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// The address clients are told to use: loopback when listening everywhere.

@@ -197,3 +197,31 @@ spec:
     let job = server.ok(&["get", "jobs", "-o", "jsonpath={.items[0].metadata.ownerReferences[0].kind}"]);
     assert_eq!(job, "CronJob");
 }
+
+#[test]
+fn services_get_cluster_ips_and_node_ports_and_nodes_get_pod_cidrs() {
+    let server = Server::start_with(&["--fake-nodes", "2", "--service-cidr", "10.96.0.0/24"]);
+    let kubernetes = server.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP} {.spec.ports[0].port}"]);
+    assert_eq!(kubernetes, "10.96.0.1 443");
+    assert!(!server.ok(&["get", "endpoints", "kubernetes", "-o", "jsonpath={.subsets[0].addresses[0].ip}"]).is_empty());
+    server.ok(&["create", "service", "clusterip", "a", "--tcp=80:80"]);
+    server.ok(&["create", "service", "nodeport", "b", "--tcp=80:80"]);
+    let ip_a = server.ok(&["get", "svc", "a", "-o", "jsonpath={.spec.clusterIP}"]);
+    let ip_b = server.ok(&["get", "svc", "b", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(ip_a.starts_with("10.96.0.") && ip_b.starts_with("10.96.0.") && ip_a != ip_b, "{ip_a} {ip_b}");
+    let node_port: u32 = server.ok(&["get", "svc", "b", "-o", "jsonpath={.spec.ports[0].nodePort}"]).parse().unwrap();
+    assert!((30000..=32767).contains(&node_port));
+    // A requested address is honoured once; it is free again after a delete.
+    let fixed = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"fixed"},"spec":{"clusterIP":"10.96.0.200","ports":[{"port":80}]}}"#;
+    let clash = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"clash"},"spec":{"clusterIP":"10.96.0.200","ports":[{"port":80}]}}"#;
+    assert!(server.kubectl_with(&["create", "-f", "-"], Some(fixed), &[]).status.success());
+    let out = server.kubectl_with(&["create", "-f", "-"], Some(clash), &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("provided IP is already allocated"), "{}", String::from_utf8_lossy(&out.stderr));
+    server.ok(&["delete", "svc", "fixed"]);
+    assert!(server.kubectl_with(&["create", "-f", "-"], Some(clash), &[]).status.success());
+    // Each node gets its own /24 of the cluster CIDR.
+    assert!(eventually(TIMEOUT, || server.ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]).split_whitespace().count() == 2));
+    let cidrs = server.ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]);
+    let cidrs: Vec<&str> = cidrs.split_whitespace().collect();
+    assert!(cidrs[0] != cidrs[1] && cidrs.iter().all(|c| c.starts_with("10.42.") && c.ends_with("/24")), "{cidrs:?}");
+}

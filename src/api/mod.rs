@@ -7,6 +7,7 @@
 //! out to every watcher through `watch.rs`.
 
 pub mod admission;
+pub mod allocator;
 pub mod auth;
 pub mod codec;
 pub mod discovery;
@@ -55,6 +56,8 @@ pub struct Api {
     pub shutdown: CancellationToken,
     /// `host:port` clients reach this server at, for `/api`.
     pub advertise_address: String,
+    /// Where Service addresses come from.
+    pub ranges: allocator::Ranges,
 }
 
 impl Api {
@@ -64,11 +67,12 @@ impl Api {
         signer: tokens::TokenSigner,
         shutdown: CancellationToken,
         advertise_address: String,
+        ranges: allocator::Ranges,
     ) -> Arc<Self> {
         let registry = kinds::registry();
         let types = schema::Types::new(&registry);
         let openapi = openapi::OpenApi::new(&registry, &types);
-        Arc::new(Self { store, registry, types, openapi, tokens, signer, shutdown, advertise_address })
+        Arc::new(Self { store, registry, types, openapi, tokens, signer, shutdown, advertise_address, ranges })
     }
 }
 

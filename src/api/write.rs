@@ -6,6 +6,7 @@
 //! resourceVersion precondition.
 
 use super::admission;
+use super::allocator;
 use super::codec::{self, Output};
 use super::error::{ApiError, ApiResult, FieldError};
 use super::fields::{self, Manager};
@@ -172,12 +173,18 @@ impl Ctx {
         if self.query.dry_run()? {
             return Ok(obj);
         }
-        let rev = self
-            .api
-            .store
-            .create(&self.key(&name), encode_for_store(&obj))
-            .await
-            .map_err(|e| ApiError::from_store(e, r.error_name(), &name))?;
+        let taken = match allocator::allocates(&r) {
+            true => allocator::allocate(&self.api.store, &self.api.ranges, &mut obj, None).await?,
+            false => allocator::Taken::default(),
+        };
+        let created = self.api.store.create(&self.key(&name), encode_for_store(&obj)).await;
+        let rev = match created {
+            Ok(rev) => rev,
+            Err(e) => {
+                allocator::release(&self.api.store, &self.api.ranges, &taken).await;
+                return Err(ApiError::from_store(e, r.error_name(), &name));
+            }
+        };
         obj.set_meta("resourceVersion", rev.to_string());
         Ok(obj)
     }
@@ -283,7 +290,12 @@ impl Ctx {
                 return Ok(Attempt::Done(new));
             }
             return match self.api.store.delete(&key, Some(old_rev)).await {
-                Ok(_) => Ok(Attempt::Done(new)),
+                Ok(_) => {
+                    if allocator::allocates(&r) {
+                        allocator::release(&self.api.store, &self.api.ranges, &allocator::held(&self.api.ranges, old)).await;
+                    }
+                    Ok(Attempt::Done(new))
+                }
                 Err(crate::store::StoreError::Conflict { .. }) => Ok(Attempt::Retry),
                 Err(e) => Err(ApiError::from_store(e, r.error_name(), &name)),
             };
@@ -291,13 +303,25 @@ impl Ctx {
         if dry_run {
             return Ok(Attempt::Done(new));
         }
+        let taken = match allocator::allocates(&r) {
+            true => allocator::allocate(&self.api.store, &self.api.ranges, &mut new, Some(old)).await?,
+            false => allocator::Taken::default(),
+        };
         match self.api.store.update(&key, encode_for_store(&new), old_rev).await {
             Ok(rev) => {
+                if allocator::allocates(&r) {
+                    allocator::release(&self.api.store, &self.api.ranges, &allocator::dropped(&self.api.ranges, old, &new)).await;
+                }
                 new.set_meta("resourceVersion", rev.to_string());
                 Ok(Attempt::Done(new))
             }
-            Err(crate::store::StoreError::Conflict { .. }) => Ok(Attempt::Retry),
-            Err(e) => Err(ApiError::from_store(e, r.error_name(), &name)),
+            Err(e) => {
+                allocator::release(&self.api.store, &self.api.ranges, &taken).await;
+                match e {
+                    crate::store::StoreError::Conflict { .. } => Ok(Attempt::Retry),
+                    e => Err(ApiError::from_store(e, r.error_name(), &name)),
+                }
+            }
         }
     }
 
@@ -500,7 +524,12 @@ impl Ctx {
                 return Ok((StatusCode::OK, old));
             }
             match self.api.store.delete(&key, Some(kv.mod_revision)).await {
-                Ok(_) => return Ok((StatusCode::OK, deleted_response(&r, old))),
+                Ok(_) => {
+                    if allocator::allocates(&r) {
+                        allocator::release(&self.api.store, &self.api.ranges, &allocator::held(&self.api.ranges, &old)).await;
+                    }
+                    return Ok((StatusCode::OK, deleted_response(&r, old)));
+                }
                 Err(crate::store::StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, r.error_name(), &name)),
             }

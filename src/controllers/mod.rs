@@ -5,6 +5,7 @@
 pub mod cronjob;
 pub mod endpoints;
 pub mod job;
+pub mod nodeipam;
 pub mod replicaset;
 pub mod schedule;
 pub mod serviceaccounts;
@@ -23,11 +24,18 @@ pub struct ControllerOptions {
     pub node_monitor_grace_period: Duration,
     /// Default toleration of pods for an unreachable or not-ready node.
     pub pod_eviction_timeout: Duration,
+    /// The pod network; each node gets a /24 of it.
+    pub cluster_cidr: ipnet::Ipv4Net,
 }
 
 impl Default for ControllerOptions {
     fn default() -> Self {
-        Self { workers: 4, node_monitor_grace_period: Duration::from_secs(40), pod_eviction_timeout: Duration::from_secs(300) }
+        Self {
+            workers: 4,
+            node_monitor_grace_period: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(300),
+            cluster_cidr: "10.42.0.0/16".parse().expect("valid CIDR"),
+        }
     }
 }
 
@@ -56,4 +64,5 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(serviceaccounts::run(ctx.clone()));
     tasks.spawn(job::run(ctx.clone()));
     tasks.spawn(cronjob::run(ctx.clone()));
+    tasks.spawn(nodeipam::run(ctx.clone()));
 }
