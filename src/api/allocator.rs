@@ -284,6 +284,11 @@ pub async fn repair(store: &SharedStorage, ranges: &Ranges) -> ApiResult<()> {
     Ok(())
 }
 
+/// Whether a resource is the one whose writes allocate addresses.
+pub fn allocates(resource: &super::registry::Resource) -> bool {
+    resource.group.is_empty() && resource.plural == "services"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,7 +361,3 @@ mod tests {
     }
 }
 
-/// Whether a resource is the one whose writes allocate addresses.
-pub fn allocates(resource: &super::registry::Resource) -> bool {
-    resource.group.is_empty() && resource.plural == "services"
-}
