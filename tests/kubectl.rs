@@ -95,7 +95,7 @@ fn selectors_filter_by_labels_and_fields() {
     assert_eq!(names(&["-l", "tier in (db,cache)"]), ["configmap/b", "configmap/c"]);
     assert_eq!(names(&["-l", "tier notin (db)"]), ["configmap/a", "configmap/c", "configmap/kube-root-ca.crt"]);
     assert_eq!(names(&["-l", "tier,tier notin (db)"]), ["configmap/a", "configmap/c"]);
-    assert_eq!(names(&["-l", "!tier"]), Vec::<String>::new());
+    assert_eq!(names(&["-l", "!tier"]), ["configmap/kube-root-ca.crt"]);
     assert_eq!(names(&["--field-selector", "metadata.name=b"]), ["configmap/b"]);
     assert_eq!(names(&["--field-selector", "metadata.name!=b", "-l", "tier"]), ["configmap/a", "configmap/c"]);
     let ns = server.ok(&["get", "ns", "--field-selector", "status.phase=Active", "-o", "name"]);
