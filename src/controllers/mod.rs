@@ -2,6 +2,8 @@
 //! cluster equal to the desired state, each on the shared informers and the
 //! work-queue runner of `crate::runtime`, talking to the API only.
 
+pub mod ownership;
+pub mod pods;
 pub mod replicaset;
 
 use crate::runtime::{Informers, Recorder};
