@@ -2,9 +2,11 @@
 //! cluster equal to the desired state, each on the shared informers and the
 //! work-queue runner of `crate::runtime`, talking to the API only.
 
+pub mod deployment;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
+pub mod rollout;
 
 use crate::runtime::{Informers, Recorder};
 use std::sync::Arc;
@@ -47,4 +49,5 @@ impl Context {
 pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(ctx.clone()));
     tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone()));
+    tasks.spawn(deployment::run(ctx.clone()));
 }
