@@ -5,6 +5,7 @@
 
 mod core;
 mod pods;
+mod revisioned;
 mod workloads;
 
 use super::registry::{Registry, Resource};
@@ -16,6 +17,7 @@ pub fn all() -> Vec<Resource> {
     let mut resources = core::resources();
     resources.push(workloads::pods());
     resources.extend(workloads::resources());
+    resources.extend(revisioned::resources());
     resources
 }
 
