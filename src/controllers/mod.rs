@@ -2,7 +2,9 @@
 //! cluster equal to the desired state, each on the shared informers and the
 //! work-queue runner of `crate::runtime`, talking to the API only.
 
+pub mod daemonset;
 pub mod deployment;
+pub mod history;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
@@ -50,4 +52,5 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(ctx.clone()));
     tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone()));
     tasks.spawn(deployment::run(ctx.clone()));
+    tasks.spawn(daemonset::run(ctx.clone()));
 }
