@@ -9,6 +9,7 @@ pub mod ownership;
 pub mod pods;
 pub mod replicaset;
 pub mod rollout;
+pub mod statefulset;
 
 use crate::runtime::{Informers, Recorder};
 use std::sync::Arc;
@@ -53,4 +54,5 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone()));
     tasks.spawn(deployment::run(ctx.clone()));
     tasks.spawn(daemonset::run(ctx.clone()));
+    tasks.spawn(statefulset::run(ctx.clone()));
 }

@@ -101,17 +101,20 @@ fn excess(mut running: Vec<&Arc<Pod>>, hash: &str, surge: bool, min_ready_second
             extra.push(pod.name_any());
         }
     }
-    if let (Some(new), Some(old)) = (oldest_new, oldest_old) {
-        if ready_since(old).is_none() || is_available(new, min_ready_seconds, now) {
-            extra.push(old.name_any());
-        }
+    if let (Some(new), Some(old)) = (oldest_new, oldest_old)
+        && (ready_since(old).is_none() || is_available(new, min_ready_seconds, now))
+    {
+        extra.push(old.name_any());
     }
     extra
 }
 
+/// The pods of one node a rolling update looks at: at most one updated and one old.
+type NewAndOld<'a> = (Option<&'a Arc<Pod>>, Option<&'a Arc<Pod>>);
+
 /// The one updated and one old pod on a node (ignoring terminating ones);
 /// `None` when there are more, for `manage` to prune first.
-fn updated_and_old<'a>(pods: &'a [Arc<Pod>], hash: &str) -> Option<(Option<&'a Arc<Pod>>, Option<&'a Arc<Pod>>)> {
+fn updated_and_old<'a>(pods: &'a [Arc<Pod>], hash: &str) -> Option<NewAndOld<'a>> {
     let (mut new, mut old) = (None, None);
     for pod in pods.iter().filter(|p| !is_terminating(p)) {
         let slot = if is_updated(pod, hash) { &mut new } else { &mut old };
