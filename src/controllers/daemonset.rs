@@ -10,7 +10,7 @@ mod plan;
 
 use super::Context;
 use super::history::{self, POD_REVISION_LABEL};
-use super::ownership::{Owner, claim, controller_reference, owners_to_wake};
+use super::ownership::{Owner, api_near, claim, controller_reference, nonempty_selector, owners_to_wake, write_status};
 use super::pods::{PodControl, available, from_template, is_terminating, phase, ready_since, sooner};
 use super::rollout::{scaled_value, template_hash};
 use crate::api::selector::LabelSelector;
@@ -20,7 +20,7 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus}
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use plan::{Budget, Fit, Plan, PodsByNode};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
@@ -33,7 +33,7 @@ const BURST: usize = 250;
 
 impl Owner for DaemonSet {
     fn selector(&self) -> Option<LabelSelector> {
-        LabelSelector::from_k8s(&self.spec.as_ref()?.selector).ok().filter(|s| !s.is_empty())
+        nonempty_selector(&self.spec.as_ref()?.selector)
     }
 }
 
@@ -211,22 +211,13 @@ impl Reconciler for DaemonSetController {
         }
         if ds.status.as_ref() != Some(&new_status) {
             ds.status = Some(new_status);
-            self.write_status(&mut ds).await?;
+            write_status(&self.client, &mut ds).await?;
         }
         Ok(next_check.map_or(Next::Done, |wait| Next::After(wait + Duration::from_millis(50))))
     }
 }
 
 impl DaemonSetController {
-    fn api<K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>>(&self, ds: &DaemonSet) -> Api<K> {
-        Api::namespaced(self.client.clone(), &ds.namespace().unwrap_or_default())
-    }
-
-    async fn write_status(&self, ds: &mut DaemonSet) -> Result<(), Error> {
-        *ds = self.api::<DaemonSet>(ds).replace_status(&ds.name_any(), &PostParams::default(), ds).await?;
-        Ok(())
-    }
-
     /// Deletes and creates what `plan` says, a burst at a time.
     async fn carry_out(&self, ds: &DaemonSet, key: &str, template: &PodTemplateSpec, plan: Plan) -> Result<(), Error> {
         if !plan.delete.is_empty() {
@@ -270,7 +261,7 @@ impl DaemonSetController {
             .await?;
             if count != base.unwrap_or(0) {
                 ds.status.get_or_insert_with(Default::default).collision_count = Some(count);
-                self.write_status(ds).await?;
+                write_status(&self.client, ds).await?;
             }
             return Ok((created, old));
         };
@@ -279,7 +270,7 @@ impl DaemonSetController {
         for duplicate in current {
             for pod in self.pods.filter(|p| p.labels().get(POD_REVISION_LABEL) == duplicate.labels().get(POD_REVISION_LABEL) && p.namespace() == ds.namespace()) {
                 let patch = json!({"metadata": {"labels": {POD_REVISION_LABEL: keep_hash}}});
-                self.api::<Pod>(ds).patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                api_near::<Pod, _>(&self.client, ds).patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
             }
             self.delete_revision(ds, &duplicate).await?;
         }
@@ -288,11 +279,11 @@ impl DaemonSetController {
         }
         let mut renumbered = keep.clone();
         renumbered.revision = next;
-        Ok((self.api::<ControllerRevision>(ds).replace(&keep.name_any(), &PostParams::default(), &renumbered).await?, old))
+        Ok((api_near::<ControllerRevision, _>(&self.client, ds).replace(&keep.name_any(), &PostParams::default(), &renumbered).await?, old))
     }
 
     async fn delete_revision(&self, ds: &DaemonSet, revision: &ControllerRevision) -> Result<(), Error> {
-        match self.api::<ControllerRevision>(ds).delete(&revision.name_any(), &DeleteParams::default()).await {
+        match api_near::<ControllerRevision, _>(&self.client, ds).delete(&revision.name_any(), &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e.into()),

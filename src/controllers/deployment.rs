@@ -12,14 +12,14 @@ mod sizing;
 mod strategy;
 
 use super::Context;
-use super::ownership::{Owner, claim, controller_reference, is_controlled_by, owners_to_wake};
+use super::ownership::{Owner, api_near, claim, controller_reference, is_controlled_by, nonempty_selector, owners_to_wake, write_status};
 use crate::api::selector::LabelSelector;
 use crate::runtime::{Change, Controller, Error, EventType, Informer, Next, Reconciler, Recorder, controller_key, reference, split_key};
 use crate::controllers::rollout::template_hash;
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 use sizing::{POD_TEMPLATE_HASH, REVISION, ReplicaSets};
@@ -29,7 +29,7 @@ const COMPONENT: &str = "deployment-controller";
 
 impl Owner for Deployment {
     fn selector(&self) -> Option<LabelSelector> {
-        LabelSelector::from_k8s(&self.spec.as_ref()?.selector).ok().filter(|s| !s.is_empty())
+        nonempty_selector(&self.spec.as_ref()?.selector)
     }
 }
 
@@ -73,7 +73,7 @@ impl Reconciler for DeploymentController {
             self.recorder.record(reference(&d), EventType::Warning, "SelectingAll", "This deployment is selecting all pods. A non-empty selector is required.");
             if observed_generation(&d) < d.metadata.generation.unwrap_or(0) {
                 d.status.get_or_insert_with(Default::default).observed_generation = d.metadata.generation;
-                self.write_status(&mut d).await?;
+                write_status(&self.client, &mut d).await?;
             }
             return Ok(Next::Done);
         };
@@ -87,7 +87,7 @@ impl Reconciler for DeploymentController {
         }
         if let Some(condition) = progress::pause_condition(&d, progress::now()) {
             progress::set_condition(d.status.get_or_insert_with(Default::default), condition);
-            self.write_status(&mut d).await?;
+            write_status(&self.client, &mut d).await?;
         }
         let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
         if paused || is_scaling_event(&d, &sets) {
@@ -108,28 +108,18 @@ fn is_scaling_event(d: &Deployment, sets: &ReplicaSets) -> bool {
 }
 
 impl DeploymentController {
-    fn api<K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>>(&self, d: &Deployment) -> Api<K> {
-        Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default())
-    }
-
-    /// Writes the Deployment's status; `d` becomes what the API returned.
-    async fn write_status(&self, d: &mut Deployment) -> Result<(), Error> {
-        *d = self.api::<Deployment>(d).replace_status(&d.name_any(), &PostParams::default(), d).await?;
-        Ok(())
-    }
-
     /// Records the revision the Deployment is at (an annotation, so not through `/status`).
     async fn set_revision(&self, d: &mut Deployment, revision: &str) -> Result<(), Error> {
         if d.annotations().get(REVISION).map(String::as_str) == Some(revision) {
             return Ok(());
         }
         let patch = json!({"metadata": {"annotations": {REVISION: revision}}});
-        *d = self.api::<Deployment>(d).patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        *d = api_near::<Deployment, _>(&self.client, d).patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
         Ok(())
     }
 
     async fn replace_replica_set(&self, d: &Deployment, rs: &ReplicaSet) -> Result<ReplicaSet, Error> {
-        Ok(self.api::<ReplicaSet>(d).replace(&rs.name_any(), &PostParams::default(), rs).await?)
+        Ok(api_near::<ReplicaSet, _>(&self.client, d).replace(&rs.name_any(), &PostParams::default(), rs).await?)
     }
 
     /// Finds the new ReplicaSet up to date (annotations, minReadySeconds, the
@@ -152,7 +142,7 @@ impl DeploymentController {
             if progress::progress_deadline(d).is_some() && progress::get_condition(d.status.as_ref(), progress::PROGRESSING).is_none() {
                 let found = progress::condition(progress::PROGRESSING, "True", progress::FOUND_NEW_REPLICA_SET, format!("Found new replica set {name:?}"), progress::now());
                 progress::set_condition(d.status.get_or_insert_with(Default::default), found);
-                self.write_status(d).await?;
+                write_status(&self.client, d).await?;
             }
             return Ok(());
         }
@@ -166,7 +156,7 @@ impl DeploymentController {
         if created && progress::progress_deadline(d).is_some() {
             let condition = progress::condition(progress::PROGRESSING, "True", progress::NEW_REPLICA_SET_CREATED, format!("Created new replica set {name:?}"), progress::now());
             progress::set_condition(d.status.get_or_insert_with(Default::default), condition);
-            self.write_status(d).await?;
+            write_status(&self.client, d).await?;
         }
         Ok(())
     }
@@ -196,7 +186,7 @@ impl DeploymentController {
         let size = sizing::new_replica_set_size(d, &sets.old.iter().chain([&rs]).collect::<Vec<_>>(), &rs);
         rs.spec.as_mut().expect("set above").replicas = Some(size);
         sizing::set_new_replica_set_annotations(d, &mut rs, revision, false);
-        let api = self.api::<ReplicaSet>(d);
+        let api = api_near::<ReplicaSet, _>(&self.client, d);
         match api.create(&PostParams::default(), &rs).await {
             Ok(created) => {
                 if size > 0 {
@@ -212,7 +202,7 @@ impl DeploymentController {
                 }
                 let status = d.status.get_or_insert_with(Default::default);
                 status.collision_count = Some(status.collision_count.unwrap_or(0) + 1);
-                self.write_status(d).await?;
+                write_status(&self.client, d).await?;
                 Err(format!("replica set {} exists with another template; collision count is now {:?}", rs.name_any(), d.status.as_ref().and_then(|s| s.collision_count)).into())
             }
             Err(e) => {
@@ -220,7 +210,7 @@ impl DeploymentController {
                 if progress::progress_deadline(d).is_some() {
                     let failed = progress::condition(progress::PROGRESSING, "False", progress::REPLICA_SET_CREATE_ERROR, message.clone(), progress::now());
                     progress::set_condition(d.status.get_or_insert_with(Default::default), failed);
-                    if let Err(write) = self.write_status(d).await {
+                    if let Err(write) = write_status(&self.client, d).await {
                         tracing::debug!(error = %write, "deployment status not written");
                     }
                 }
@@ -270,7 +260,7 @@ impl DeploymentController {
             if sizing::actual(rs) != 0 || sizing::replicas(rs) != 0 || !settled {
                 continue;
             }
-            match self.api::<ReplicaSet>(d).delete(&rs.name_any(), &DeleteParams::default()).await {
+            match api_near::<ReplicaSet, _>(&self.client, d).delete(&rs.name_any(), &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -284,7 +274,7 @@ impl DeploymentController {
         let status = progress::calculate(sets, d, progress::now());
         if d.status.as_ref() != Some(&status) {
             d.status = Some(status);
-            self.write_status(d).await?;
+            write_status(&self.client, d).await?;
         }
         Ok(Next::Done)
     }
@@ -297,7 +287,7 @@ impl DeploymentController {
             return Ok(progress::recheck_after(d, &status, now).map_or(Next::Done, Next::After));
         }
         d.status = Some(status);
-        self.write_status(d).await?;
+        write_status(&self.client, d).await?;
         Ok(Next::Done)
     }
 }

@@ -15,6 +15,24 @@ use serde_json::json;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+/// A selector that selects something: `None` when empty (it would select
+/// everything) or invalid.
+pub fn nonempty_selector(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Option<LabelSelector> {
+    LabelSelector::from_k8s(selector).ok().filter(|s| !s.is_empty())
+}
+
+/// The API of kind `K` in `obj`'s namespace.
+pub fn api_near<K: Owned, O: Resource>(client: &kube::Client, obj: &O) -> Api<K> {
+    Api::namespaced(client.clone(), obj.meta().namespace.as_deref().unwrap_or_default())
+}
+
+/// Writes an owner's status (whole, guarded by its resourceVersion); `owner`
+/// becomes what the API returned.
+pub async fn write_status<O: Owner>(client: &kube::Client, owner: &mut O) -> Result<(), Error> {
+    *owner = api_near::<O, O>(client, owner).replace_status(&owner.name_any(), &kube::api::PostParams::default(), owner).await?;
+    Ok(())
+}
+
 /// A namespaced kind that controls other objects through a label selector.
 pub trait Owner: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static {
     /// The selector of what it controls; `None` when empty or invalid, so it controls nothing.

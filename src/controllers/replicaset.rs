@@ -9,7 +9,7 @@
 //! never causes double creation.
 
 use super::Context;
-use super::ownership::{Owner, claim, owners_to_wake, controller_reference};
+use super::ownership::{Owner, claim, controller_reference, nonempty_selector, owners_to_wake};
 use super::pods::{PodControl, available, from_template, is_active, ready_since, sooner};
 use crate::api::selector::LabelSelector;
 use crate::runtime::{Change, Controller, Error, Informer, Next, Reconciler, split_key};
@@ -36,7 +36,7 @@ pub trait Replicated: Owner {
 
 impl Owner for ReplicaSet {
     fn selector(&self) -> Option<LabelSelector> {
-        LabelSelector::from_k8s(&self.spec.as_ref()?.selector).ok().filter(|s| !s.is_empty())
+        nonempty_selector(&self.spec.as_ref()?.selector)
     }
 }
 

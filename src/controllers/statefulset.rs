@@ -9,7 +9,7 @@ mod identity;
 
 use super::Context;
 use super::history::{self, POD_REVISION_LABEL};
-use super::ownership::{Owner, claim, owners_to_wake};
+use super::ownership::{Owner, api_near, claim, nonempty_selector, owners_to_wake, write_status};
 use super::pods::{available, is_terminating, phase, ready_since, sooner};
 use crate::api::selector::LabelSelector;
 use crate::runtime::{Change, Controller, Error, EventType, Informer, Next, Reconciler, Recorder, reference, split_key};
@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ const REVISION_HASH_LABEL: &str = "controller.kubernetes.io/hash";
 
 impl Owner for StatefulSet {
     fn selector(&self) -> Option<LabelSelector> {
-        LabelSelector::from_k8s(&self.spec.as_ref()?.selector).ok().filter(|s| !s.is_empty())
+        nonempty_selector(&self.spec.as_ref()?.selector)
     }
 }
 
@@ -142,9 +142,8 @@ impl Reconciler for StatefulSetController {
         }
         status.conditions = set.status.as_ref().and_then(|s| s.conditions.clone());
         if set.status.as_ref() != Some(&status) {
-            let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
             set.status = Some(status.clone());
-            set = api.replace_status(&set.name_any(), &PostParams::default(), &set).await?;
+            write_status(&self.client, &mut set).await?;
         }
         self.truncate_history(&set, &revisions, &status, &pods).await?;
         Ok(next_check.map_or(Next::Done, |wait| Next::After(wait + Duration::from_millis(50))))
@@ -152,10 +151,6 @@ impl Reconciler for StatefulSetController {
 }
 
 impl StatefulSetController {
-    fn api<K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>>(&self, set: &StatefulSet) -> Api<K> {
-        Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default())
-    }
-
     /// The current and update revisions: the update revision holds the set's
     /// template (an equal older revision is renumbered, which is a rollback;
     /// none is created); the current one is what status last named, else the
@@ -170,7 +165,7 @@ impl StatefulSetController {
             Some(i) => {
                 let mut renumbered = revisions[i].clone();
                 renumbered.revision = next;
-                let renumbered = self.api::<ControllerRevision>(set).replace(&renumbered.name_any(), &PostParams::default(), &renumbered).await?;
+                let renumbered = api_near::<ControllerRevision, _>(&self.client, set).replace(&renumbered.name_any(), &PostParams::default(), &renumbered).await?;
                 revisions[i] = renumbered.clone();
                 renumbered
             }
@@ -197,7 +192,7 @@ impl StatefulSetController {
     }
 
     async fn create_pod(&self, set: &StatefulSet, pod: &Pod) -> Result<Arc<Pod>, Error> {
-        match self.api::<Pod>(set).create(&PostParams::default(), pod).await {
+        match api_near::<Pod, _>(&self.client, set).create(&PostParams::default(), pod).await {
             Ok(created) => {
                 self.record(set, EventType::Normal, "SuccessfulCreate", format!("create Pod {} in StatefulSet {} successful", pod.name_any(), set.name_any()));
                 Ok(Arc::new(created))
@@ -210,7 +205,7 @@ impl StatefulSetController {
     }
 
     async fn delete_pod(&self, set: &StatefulSet, pod: &Pod) -> Result<(), Error> {
-        match self.api::<Pod>(set).delete(&pod.name_any(), &DeleteParams::default()).await {
+        match api_near::<Pod, _>(&self.client, set).delete(&pod.name_any(), &DeleteParams::default()).await {
             Ok(_) => {
                 self.record(set, EventType::Normal, "SuccessfulDelete", format!("delete Pod {} in StatefulSet {} successful", pod.name_any(), set.name_any()));
                 Ok(())
@@ -298,7 +293,7 @@ impl StatefulSetController {
                 Some(pod) => {
                     if let Some(fixes) = identity::identity_fix(set, &pod) {
                         let labels: serde_json::Map<String, serde_json::Value> = fixes.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
-                        self.api::<Pod>(set).patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels}}))).await?;
+                        api_near::<Pod, _>(&self.client, set).patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels}}))).await?;
                     }
                     ordered && !healthy(&pod, min_ready, now)
                 }
@@ -356,7 +351,7 @@ impl StatefulSetController {
         let history: Vec<&ControllerRevision> = revisions.iter().filter(|r| !live.contains(r.name_any().as_str())).collect();
         let limit = set.spec.as_ref().and_then(|s| s.revision_history_limit).unwrap_or(10).max(0) as usize;
         for revision in history.iter().take(history.len().saturating_sub(limit)) {
-            match self.api::<ControllerRevision>(set).delete(&revision.name_any(), &DeleteParams::default()).await {
+            match api_near::<ControllerRevision, _>(&self.client, set).delete(&revision.name_any(), &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
