@@ -196,6 +196,12 @@ fn kubectl_scale_grows_and_shrinks_a_deployment() {
     assert!(eventually(WAIT, || running() == 1 && get(&server, "deployment/web", "{.status.replicas}") == "1"), "{}", server.ok(&["get", "pods"]));
     let events = server.ok(&["get", "events", "--field-selector", "reason=ScalingReplicaSet", "-o", "jsonpath={.items[*].message}"]);
     assert!(events.contains("from 2 to 5") && events.contains("Scaled down replica set") && events.contains("from 5 to 1"), "{events}");
+
+    // A restart is a new template: a second ReplicaSet takes over.
+    server.ok(&["rollout", "restart", "deployment/web"]);
+    assert!(rollout_status(&server, "deployment/web").contains("successfully rolled out"));
+    assert!(eventually(WAIT, || get(&server, "rs", "{.items[*].spec.replicas}").split(' ').count() == 2));
+    assert_eq!(get(&server, "deployment/web", "{.metadata.annotations.deployment\\.kubernetes\\.io/revision}"), "2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,6 +347,43 @@ spec:
     assert_eq!(get(&server, "pods", "{.items[0].spec.nodeSelector.kubernetes\\.io/hostname}"), "fake-1");
 }
 
+#[test]
+fn a_daemonset_with_on_delete_updates_only_the_pods_deleted() {
+    let server = with_fake_nodes();
+    apply(
+        &server,
+        "apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent
+spec:
+  updateStrategy: {type: OnDelete}
+  selector:
+    matchLabels: {app: agent}
+  template:
+    metadata:
+      labels: {app: agent}
+    spec:
+      containers:
+      - name: agent
+        image: agent:1
+",
+    );
+    let images = || get(&server, "pods", "{range .items[*]}{.spec.containers[0].image}{\"\\n\"}{end}");
+    assert!(eventually(WAIT, || images().lines().filter(|i| *i == "agent:1").count() == 3));
+    server.ok(&["set", "image", "ds/agent", "agent=agent:2"]);
+    assert!(eventually(WAIT, || get(&server, "controllerrevisions", "{.items[*].revision}").split(' ').count() == 2));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(images().lines().filter(|i| *i == "agent:1").count(), 3, "nothing replaced by itself");
+    let victim = get(&server, "pods", "{.items[0].metadata.name}");
+    server.ok(&["delete", "pod", &victim]);
+    assert!(eventually(WAIT, || {
+        let now = images();
+        now.lines().filter(|i| *i == "agent:2").count() == 1 && now.lines().filter(|i| *i == "agent:1").count() == 2
+    }), "{}", images());
+    assert!(eventually(WAIT, || get(&server, "ds/agent", "{.status.updatedNumberScheduled}") == "1"));
+}
+
 fn statefulset(replicas: u32, image: &str) -> String {
     format!(
         "apiVersion: apps/v1
@@ -427,4 +470,17 @@ fn a_statefulset_rolls_its_pods_down_to_the_partition() {
     server.ok(&["patch", "sts/web", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#]);
     assert!(eventually(WAIT, || images() == "web-0=db:2;web-1=db:2;web-2=db:2;"), "{}", images());
     assert!(eventually(WAIT, || get(&server, "sts/web", "{.status.currentRevision}") == get(&server, "sts/web", "{.status.updateRevision}")));
+}
+
+#[test]
+fn ordered_statefulsets_wait_for_each_pod_and_parallel_ones_do_not() {
+    let server = with_fake_nodes();
+    // Bound to a node nothing runs: no pod ever becomes ready.
+    apply(&server, &statefulset(3, "db:1").replace("fake-0", "nowhere"));
+    let parallel = statefulset(3, "db:1").replace("name: web", "name: fast").replace("app: db", "app: fast").replace("fake-0", "nowhere").replace("  serviceName: web", "  serviceName: fast\n  podManagementPolicy: Parallel");
+    apply(&server, &parallel);
+    assert!(eventually(WAIT, || get(&server, "pods", "{.items[*].metadata.name}") == "fast-0 fast-1 fast-2 web-0"), "{}", server.ok(&["get", "pods"]));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(get(&server, "pods", "{.items[*].metadata.name}"), "fast-0 fast-1 fast-2 web-0", "web-1 waits for web-0 to be ready");
+    assert_eq!(get(&server, "sts/fast", "{.status.replicas}/{.status.readyReplicas}"), "3/", "three pods, none ready");
 }
