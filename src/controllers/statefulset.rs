@@ -3,7 +3,9 @@
 //! time in ordinal order, each Running and Ready (and available) before the
 //! next, and removes them highest ordinal first; Parallel does both at once.
 //! Template changes roll out through ControllerRevisions, by RollingUpdate
-//! (highest ordinal first, down to the partition) or OnDelete.
+//! (highest ordinal first, down to the partition) or OnDelete. Claim
+//! templates are accepted and referenced, but no PersistentVolumeClaims are
+//! made: rk has no volume subsystem yet (see `identity`).
 
 mod identity;
 
