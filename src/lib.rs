@@ -6,7 +6,8 @@
 //!   generic REST machinery driven by the resource registry, discovery, OpenAPI.
 //! - [`store`]: etcd's role: a durable key space with one global revision and a
 //!   revisioned watch log, on sled.
-//! - [`controllers`]: the controller manager's control loops (ReplicaSets, …).
+//! - [`controllers`]: the controller manager's control loops (ReplicaSets, Deployments,
+//!   DaemonSets, StatefulSets, …).
 //! - [`node`]: the node agent; today the fake nodes used to exercise the control plane.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event

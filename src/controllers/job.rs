@@ -9,7 +9,7 @@
 //! outcome is counted twice or lost, even across restarts.
 
 use super::Context;
-use super::replicaset::{is_active, ready_since};
+use super::pods::{is_active, ready_since};
 use crate::api::selector::LabelSelector;
 use crate::runtime::{Controller, Error, EventType, Informer, Next, Reconciler, Recorder, owner_keys, reference, split_key};
 use async_trait::async_trait;

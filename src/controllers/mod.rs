@@ -3,12 +3,19 @@
 //! work-queue runner of `crate::runtime`, talking to the API only.
 
 pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
 pub mod endpoints;
+pub mod history;
 pub mod job;
 pub mod nodeipam;
+pub mod ownership;
+pub mod pods;
 pub mod replicaset;
+pub mod rollout;
 pub mod schedule;
 pub mod serviceaccounts;
+pub mod statefulset;
 
 use crate::runtime::{Informers, Recorder};
 use std::sync::Arc;
@@ -65,4 +72,7 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(job::run(ctx.clone()));
     tasks.spawn(cronjob::run(ctx.clone()));
     tasks.spawn(nodeipam::run(ctx.clone()));
+    tasks.spawn(deployment::run(ctx.clone()));
+    tasks.spawn(daemonset::run(ctx.clone()));
+    tasks.spawn(statefulset::run(ctx.clone()));
 }

@@ -6,6 +6,7 @@
 mod batch;
 mod core;
 mod pods;
+mod revisioned;
 mod workloads;
 
 use super::registry::{Registry, Resource};
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Resource> {
     resources.push(workloads::pods());
     resources.extend(workloads::resources());
     resources.extend(batch::resources());
+    resources.extend(revisioned::resources());
     resources
 }
 

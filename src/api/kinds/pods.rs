@@ -1193,8 +1193,23 @@ fn strip_empty(v: Value) -> Value {
     }
 }
 
-/// ValidatePodTemplateSpec plus the rules replicated workloads add to their template.
-pub fn validate_template(template: &PodTemplateSpec, path: &str) -> Vec<FieldError> {
+/// ValidatePodTemplateSpec plus the rules `kind` (a workload of long-running
+/// pods) adds to its template.
+pub fn validate_template(template: &PodTemplateSpec, path: &str, kind: &str) -> Vec<FieldError> {
+    let mut errs = validate_template_metadata(template, path);
+    let default = PodSpec::default();
+    let spec = template.spec.as_ref().unwrap_or(&default);
+    let sp = format!("{path}.spec");
+    errs.extend(validate_pod_spec(spec, &sp));
+    if spec.ephemeral_containers.as_ref().is_some_and(|e| !e.is_empty()) {
+        errs.push(FieldError::forbidden(format!("{sp}.ephemeralContainers"), "ephemeral containers not allowed in pod template"));
+    }
+    errs.extend(validate_long_running(spec, &sp, kind));
+    errs
+}
+
+/// The labels and annotations of a pod template.
+pub fn validate_template_metadata(template: &PodTemplateSpec, path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let meta = template.metadata.as_ref();
     labels_map(&mut errs, &format!("{path}.labels"), meta.and_then(|m| m.labels.as_ref()));
@@ -1206,19 +1221,19 @@ pub fn validate_template(template: &PodTemplateSpec, path: &str) -> Vec<FieldErr
     if total > 256 * 1024 {
         errs.push(FieldError::too_long(format!("{path}.annotations"), 256 * 1024));
     }
-    let default = PodSpec::default();
-    let spec = template.spec.as_ref().unwrap_or(&default);
-    let sp = format!("{path}.spec");
-    errs.extend(validate_pod_spec(spec, &sp));
-    if spec.ephemeral_containers.as_ref().is_some_and(|e| !e.is_empty()) {
-        errs.push(FieldError::forbidden(format!("{sp}.ephemeralContainers"), "ephemeral containers not allowed in pod template"));
-    }
+    errs
+}
+
+/// What controllers of long-running pods require of their template (at
+/// `spec_path`): restartPolicy Always and no active deadline.
+pub fn validate_long_running(spec: &PodSpec, spec_path: &str, kind: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
     let policy = spec.restart_policy.as_deref().unwrap_or_default();
     if policy != "Always" {
-        errs.push(FieldError::not_supported(format!("{sp}.restartPolicy"), policy, &["Always"]));
+        errs.push(FieldError::not_supported(format!("{spec_path}.restartPolicy"), policy, &["Always"]));
     }
     if spec.active_deadline_seconds.is_some() {
-        errs.push(FieldError::forbidden(format!("{sp}.activeDeadlineSeconds"), "activeDeadlineSeconds in ReplicaSet is not Supported"));
+        errs.push(FieldError::forbidden(format!("{spec_path}.activeDeadlineSeconds"), format!("activeDeadlineSeconds in {kind} is not Supported")));
     }
     errs
 }
@@ -2043,24 +2058,24 @@ mod tests {
     #[test]
     fn template_restart_policy_must_be_always() {
         let t = template(json!({"metadata": {"labels": {"app": "web"}}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}));
-        let errs: Vec<String> = validate_template(&t, "spec.template").iter().map(ToString::to_string).collect();
+        let errs: Vec<String> = validate_template(&t, "spec.template", "ReplicaSet").iter().map(ToString::to_string).collect();
         assert_eq!(errs, ["spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""]);
     }
 
     #[test]
     fn template_active_deadline_is_forbidden() {
         let t = template(json!({"spec": {"activeDeadlineSeconds": 30, "containers": [{"name": "c", "image": "x"}]}}));
-        let errs: Vec<String> = validate_template(&t, "spec.template").iter().map(ToString::to_string).collect();
+        let errs: Vec<String> = validate_template(&t, "spec.template", "ReplicaSet").iter().map(ToString::to_string).collect();
         assert_eq!(errs, ["spec.template.spec.activeDeadlineSeconds: Forbidden: activeDeadlineSeconds in ReplicaSet is not Supported"]);
     }
 
     #[test]
     fn template_labels_and_spec_are_validated() {
         let t = template(json!({"metadata": {"labels": {"app": "bad value"}}, "spec": {"containers": []}}));
-        let errs = validate_template(&t, "spec.template");
+        let errs = validate_template(&t, "spec.template", "ReplicaSet");
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.template.labels", "spec.template.spec.containers"]);
-        assert!(validate_template(&template(json!({"spec": web()})), "spec.template").is_empty());
+        assert!(validate_template(&template(json!({"spec": web()})), "spec.template", "ReplicaSet").is_empty());
     }
 
     // --- deletion -------------------------------------------------------------
