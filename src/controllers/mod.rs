@@ -2,6 +2,9 @@
 //! cluster equal to the desired state, each on the shared informers and the
 //! work-queue runner of `crate::runtime`, talking to the API only.
 
+pub mod discovery;
+pub mod gc;
+pub mod namespace;
 pub mod replicaset;
 
 use crate::runtime::{Informers, Recorder};
@@ -45,4 +48,6 @@ impl Context {
 pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(ctx.clone()));
     tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone()));
+    tasks.spawn(namespace::run(ctx.clone()));
+    tasks.spawn(gc::run(ctx.clone()));
 }
