@@ -66,6 +66,10 @@ struct ServerArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     fake_nodes: usize,
 
+    /// Seconds a node may go without renewing its Lease before it is marked NotReady (Unknown)
+    #[arg(long, default_value_t = 40, value_name = "SECONDS")]
+    node_monitor_grace_period: u64,
+
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
@@ -104,7 +108,10 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             retain_events: args.watch_history_events,
             ..StoreOptions::default()
         },
-        controllers: Default::default(),
+        controllers: rk::controllers::ControllerOptions {
+            node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period.max(1)),
+            ..Default::default()
+        },
         fake_nodes: args.fake_nodes,
     }
 }

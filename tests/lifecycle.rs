@@ -168,3 +168,61 @@ fn an_object_is_collected_only_when_every_owner_is_gone() {
     server.ok(&["delete", "cm", "owner"]);
     assert!(eventually(LONG, || server.kubectl(&["get", "cm", "kept"]).status.code() == Some(1)), "collected once its last owner goes");
 }
+
+fn running_on(server: &Server, label: &str, node: &str) -> usize {
+    let out = server.ok(&["get", "pods", "-l", label, "-o", r#"jsonpath={range .items[*]}{.spec.nodeName} {.status.phase} {.metadata.deletionTimestamp}{"\n"}{end}"#]);
+    out.lines().filter(|l| l.trim_end() == format!("{node} Running")).count()
+}
+
+fn node_field(server: &Server, node: &str, jsonpath: &str) -> String {
+    server.ok(&["get", "node", node, "-o", &format!("jsonpath={jsonpath}")])
+}
+
+#[test]
+fn a_node_that_stops_heartbeating_becomes_unknown_and_its_pods_move_after_their_toleration() {
+    let server = Server::start_with(&["--fake-nodes", "3", "--node-monitor-grace-period", "4"]);
+    let manifest = replicaset("survivor", 2, "fake-0").replace(
+        "      containers:\n",
+        "      tolerations:\n      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 5}\n      containers:\n",
+    );
+    apply(&server, "default", "survivor", &manifest);
+    assert!(eventually(LONG, || running_on(&server, "app=survivor", "fake-0") == 2));
+    let first = pods_with_label(&server, "default", "app=survivor");
+    // With no scheduler here, the template says where replacements go; the running pods stay.
+    server.ok(&["patch", "rs", "survivor", "--type=merge", "-p", r#"{"spec":{"template":{"spec":{"nodeName":"fake-1"}}}}"#]);
+
+    server.ok(&["annotate", "node", "fake-0", "rk.io/fake-node-stopped=true"]);
+    let ready = || node_field(&server, "fake-0", r#"{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}"#);
+    assert!(eventually(LONG, || ready() == "Unknown/NodeStatusUnknown"), "{}", ready());
+    assert_eq!(node_field(&server, "fake-0", r#"{.status.conditions[?(@.type=="Ready")].message}"#), "Kubelet stopped posting node status.");
+    let taints = || node_field(&server, "fake-0", "{range .spec.taints[*]}{.key}:{.effect}:{.timeAdded} {end}");
+    assert!(eventually(LONG, || taints().contains("node.kubernetes.io/unreachable:NoExecute:2")), "{}", taints());
+    assert!(taints().contains("node.kubernetes.io/unreachable:NoSchedule: "), "{}", taints());
+    for pod in &first {
+        // The pods stay (their kubelet is gone) but are no longer Ready, and are evicted after 5 s.
+        let state = || server.ok(&["get", "pod", pod, "-o", r#"jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="DisruptionTarget")].reason}"#]);
+        assert!(eventually(LONG, || state() == "False DeletionByTaintManager"), "{pod}: {}", state());
+    }
+    assert!(node_field(&server, "fake-1", "{.spec.taints}").is_empty(), "healthy nodes are not tainted");
+
+    // Their ReplicaSet replaces them on another node.
+    assert!(eventually(LONG, || running_on(&server, "app=survivor", "fake-1") == 2));
+
+    server.ok(&["annotate", "node", "fake-0", "rk.io/fake-node-stopped-"]);
+    assert!(eventually(LONG, || ready().starts_with("True/")), "{}", ready());
+    assert!(eventually(LONG, || taints().is_empty()), "taints are removed on recovery: {}", taints());
+    // Back, its kubelet finishes the evicted pods.
+    assert!(eventually(LONG, || first.iter().all(|p| server.kubectl(&["get", "pod", p]).status.code() == Some(1))));
+}
+
+#[test]
+fn pods_of_a_deleted_node_are_garbage_collected() {
+    let server = Server::start_with(&["--fake-nodes", "2", "--node-monitor-grace-period", "2"]);
+    apply(&server, "default", "stranded", &replicaset("stranded", 2, "fake-1"));
+    assert!(eventually(LONG, || running_on(&server, "app=stranded", "fake-1") == 2));
+    let stranded = pods_with_label(&server, "default", "app=stranded");
+    server.ok(&["delete", "node", "fake-1"]);
+    for pod in &stranded {
+        assert!(eventually(LONG, || server.kubectl(&["get", "pod", pod]).status.code() == Some(1)), "{pod} is collected");
+    }
+}

@@ -5,7 +5,10 @@
 pub mod discovery;
 pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
+pub mod taint_eviction;
 
 use crate::runtime::{Informers, Recorder};
 use std::sync::Arc;
@@ -50,4 +53,7 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone()));
     tasks.spawn(namespace::run(ctx.clone()));
     tasks.spawn(gc::run(ctx.clone()));
+    tasks.spawn(nodelifecycle::run(ctx.clone()));
+    tasks.spawn(taint_eviction::run(ctx.clone()));
+    tasks.spawn(podgc::run(ctx.clone()));
 }
