@@ -226,3 +226,60 @@ fn pods_of_a_deleted_node_are_garbage_collected() {
         assert!(eventually(LONG, || server.kubectl(&["get", "pod", pod]).status.code() == Some(1)), "{pod} is collected");
     }
 }
+
+#[test]
+fn a_resource_quota_refuses_the_pod_that_would_exceed_it() {
+    let server = Server::start();
+    server.ok(&["create", "namespace", "limited"]);
+    server.ok(&["create", "quota", "q", "-n", "limited", "--hard=pods=2,configmaps=5,count/replicasets.apps=1"]);
+    let used = || server.ok(&["get", "quota", "q", "-n", "limited", "-o", "jsonpath={.status.used}"]);
+    // The controller counts what is there: the namespace's own root CA config map is not created by rk.
+    assert!(eventually(LONG, || used() == r#"{"configmaps":"0","count/replicasets.apps":"0","pods":"0"}"#), "{}", used());
+    server.ok(&["run", "p1", "-n", "limited", "--image=busybox:1.36"]);
+    server.ok(&["run", "p2", "-n", "limited", "--image=busybox:1.36"]);
+    let refused = server.fails(&["run", "p3", "-n", "limited", "--image=busybox:1.36"]);
+    assert!(
+        refused.contains(r#"pods "p3" is forbidden: exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"#),
+        "{refused}"
+    );
+    assert!(server.ok(&["get", "quota", "q", "-n", "limited"]).contains("pods: 2/2"));
+    // Deleting a pod gives its share back.
+    server.ok(&["delete", "pod", "p1", "-n", "limited", "--wait=false"]);
+    assert!(eventually(LONG, || used().contains(r#""pods":"1""#)), "{}", used());
+    server.ok(&["run", "p3", "-n", "limited", "--image=busybox:1.36"]);
+    // Any kind is counted by count/<resource>.<group>.
+    apply(&server, "limited", "one", &replicaset("one", 0, "none"));
+    let refused = server.fails(&["create", "-n", "limited", "-f", write_file(server.dir.path(), "two.yaml", &replicaset("two", 0, "none")).to_str().unwrap()]);
+    assert!(refused.contains("exceeded quota: q, requested: count/replicasets.apps=1, used: count/replicasets.apps=1, limited: count/replicasets.apps=1"), "{refused}");
+}
+
+#[test]
+fn a_compute_quota_requires_every_container_to_state_its_limits() {
+    let server = Server::start();
+    server.ok(&["create", "quota", "compute", "--hard=limits.cpu=1,limits.memory=1Gi,requests.cpu=500m"]);
+    let refused = server.fails(&["run", "bare", "--image=busybox:1.36"]);
+    assert!(
+        refused.contains(r#"pods "bare" is forbidden: failed quota: compute: must specify limits.cpu for: bare; limits.memory for: bare; requests.cpu for: bare"#),
+        "{refused}"
+    );
+    let pod = |name: &str, cpu: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: busybox:1.36\n    resources:\n      limits: {{cpu: {cpu}, memory: 256Mi}}\n")
+    };
+    apply(&server, "default", "small", &pod("small", "300m"));
+    let refused = server.fails(&["create", "-f", write_file(server.dir.path(), "big.yaml", &pod("big", "300m")).to_str().unwrap()]);
+    assert!(refused.contains("exceeded quota: compute, requested: requests.cpu=300m, used: requests.cpu=300m, limited: requests.cpu=500m"), "{refused}");
+    let used = || server.ok(&["get", "quota", "compute", "-o", "jsonpath={.status.used}"]);
+    assert!(eventually(LONG, || used() == r#"{"limits.cpu":"300m","limits.memory":"256Mi","requests.cpu":"300m"}"#), "{}", used());
+}
+
+#[test]
+fn concurrent_creates_never_exceed_a_quota() {
+    let server = Server::start();
+    server.ok(&["create", "quota", "five", "--hard=configmaps=5"]);
+    let created: usize = std::thread::scope(|s| {
+        let attempts: Vec<_> = (0..12).map(|i| { let server = &server; s.spawn(move || server.kubectl(&["create", "configmap", &format!("c{i}")]).status.success()) }).collect();
+        attempts.into_iter().map(|a| a.join().unwrap()).filter(|ok| *ok).count()
+    });
+    assert_eq!(created, 5);
+    assert_eq!(names(&server, &["get", "configmaps", "-o", "name"]).len(), 5);
+}

@@ -8,6 +8,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod taint_eviction;
 
 use crate::runtime::{Informers, Recorder};
@@ -56,4 +57,5 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(nodelifecycle::run(ctx.clone()));
     tasks.spawn(taint_eviction::run(ctx.clone()));
     tasks.spawn(podgc::run(ctx.clone()));
+    tasks.spawn(resourcequota::run(ctx.clone()));
 }
