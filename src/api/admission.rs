@@ -65,18 +65,23 @@ pub async fn check_quota(ctx: &Ctx, obj: &Value, display_name: &str) -> ApiResul
         return Ok(());
     }
     let (group, plural) = (ctx.resource.group, ctx.resource.plural);
-    let now = jiff::Timestamp::now();
-    let delta: ResourceList = quota::object_usage(group, plural, obj, now).into_iter().filter(|(_, v)| !v.is_zero()).collect();
-    if delta.is_empty() {
-        return Ok(());
-    }
-    let pod: Option<Pod> = if group.is_empty() && plural == "pods" { serde_json::from_value(obj.clone()).ok() } else { None };
     let quotas = ctx.api.registry.lookup("", "v1", "resourcequotas").expect("resource quotas are always served");
     let prefix = quotas.key_prefix(Some(obj.namespace()));
     let refuse = |why: String| ApiError::forbidden(ctx.resource.error_name(), display_name, &why);
+    // What the object charges, worked out only once a quota is there to charge.
+    let mut charge: Option<(ResourceList, Option<Pod>)> = None;
+    let now = jiff::Timestamp::now();
     let mut charged: HashSet<String> = HashSet::new();
     for _ in 0..QUOTA_RETRIES {
         let page = ctx.api.store.list(ListRequest { prefix: prefix.clone(), ..Default::default() }).await.map_err(|e| ApiError::from_store(e, QUOTAS, ""))?;
+        if page.items.is_empty() {
+            return Ok(());
+        }
+        let (delta, pod) = charge.get_or_insert_with(|| {
+            let delta = quota::object_usage(group, plural, obj, now).into_iter().filter(|(_, v)| !v.is_zero()).collect();
+            let pod = if group.is_empty() && plural == "pods" { serde_json::from_value(obj.clone()).ok() } else { None };
+            (delta, pod)
+        });
         let mut charges = Vec::new();
         for kv in page.items.iter().filter(|kv| !charged.contains(&kv.key)) {
             let stored = decode_stored(kv)?;
@@ -90,7 +95,7 @@ pub async fn check_quota(ctx: &Ctx, obj: &Value, display_name: &str) -> ApiResul
             if let Some(pod) = &pod {
                 quota::pod_constraints(pod, &limited).map_err(|e| refuse(format!("failed quota: {name}: {e}")))?;
             }
-            let requested = quota::mask(&delta, &limited);
+            let requested = quota::mask(delta, &limited);
             if requested.is_empty() {
                 continue;
             }

@@ -116,15 +116,19 @@ impl Quantity {
         self.nanos == 0
     }
 
-    /// The sum, written as `self` is (as `other` when `self` is zero, as upstream).
-    pub fn add(self, other: Self) -> Self {
-        let format = if self.is_zero() { other.format } else { self.format };
-        Self { nanos: self.nanos.saturating_add(other.nanos), format }
-    }
-
     /// The k8s-openapi form.
     pub fn to_k8s(self) -> k8s_openapi::apimachinery::pkg::api::resource::Quantity {
         k8s_openapi::apimachinery::pkg::api::resource::Quantity(self.to_string())
+    }
+}
+
+impl std::ops::Add for Quantity {
+    type Output = Self;
+
+    /// The sum, written as `self` is (as `other` when `self` is zero, as upstream).
+    fn add(self, other: Self) -> Self {
+        let format = if self.is_zero() { other.format } else { self.format };
+        Self { nanos: self.nanos.saturating_add(other.nanos), format }
     }
 }
 
@@ -135,9 +139,9 @@ impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.nanos < 0 { "-" } else { "" };
         let magnitude = self.nanos.unsigned_abs();
-        if self.format == Format::BinarySi && magnitude >= 1024 * NANO as u128 && magnitude % NANO as u128 == 0 {
+        if self.format == Format::BinarySi && magnitude >= 1024 * NANO as u128 && magnitude.is_multiple_of(NANO as u128) {
             let (mut whole, mut power) = (magnitude / NANO as u128, 0);
-            while power < 6 && whole % 1024 == 0 {
+            while power < 6 && whole.is_multiple_of(1024) {
                 whole /= 1024;
                 power += 1;
             }
@@ -148,7 +152,7 @@ impl fmt::Display for Quantity {
             return f.write_str("0");
         }
         let (mut amount, mut exponent) = (magnitude, -9i32);
-        while amount % 10 == 0 {
+        while amount.is_multiple_of(10) {
             amount /= 10;
             exponent += 1;
         }
@@ -209,14 +213,14 @@ mod tests {
 
     #[test]
     fn sums_keep_the_first_operands_format_and_compare_by_value() {
-        let a = Quantity::parse("64Mi").unwrap().add(Quantity::parse("64Mi").unwrap());
+        let a = Quantity::parse("64Mi").unwrap() + Quantity::parse("64Mi").unwrap();
         assert_eq!(a.to_string(), "128Mi");
-        let cpu = Quantity::parse("100m").unwrap().add(Quantity::parse("0.2").unwrap());
+        let cpu = Quantity::parse("100m").unwrap() + Quantity::parse("0.2").unwrap();
         assert_eq!(cpu.to_string(), "300m");
         assert_eq!(Quantity::parse("1").unwrap(), Quantity::parse("1000m").unwrap());
         assert!(Quantity::parse("1Ki").unwrap() > Quantity::parse("1k").unwrap());
         assert_eq!(Quantity::count(3).to_string(), "3");
-        assert_eq!(Quantity::zero().add(Quantity::parse("256Mi").unwrap()).to_string(), "256Mi", "zero takes the other's format");
+        assert_eq!((Quantity::zero() + Quantity::parse("256Mi").unwrap()).to_string(), "256Mi", "zero takes the other's format");
     }
 
     #[test]

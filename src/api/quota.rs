@@ -31,7 +31,7 @@ pub fn to_k8s(list: &ResourceList) -> BTreeMap<String, k8s_openapi::apimachinery
 pub fn add(a: &ResourceList, b: &ResourceList) -> ResourceList {
     let mut sum = a.clone();
     for (k, v) in b {
-        let total = sum.get(k).map_or(*v, |have| have.add(*v));
+        let total = sum.get(k).map_or(*v, |have| *have + *v);
         sum.insert(k.clone(), total);
     }
     sum
@@ -263,7 +263,7 @@ fn pod_matches_scope(pod: &Pod, selector: &ScopedResourceSelectorRequirement) ->
     let spec = pod.spec.as_ref();
     match selector.scope_name.as_str() {
         "Terminating" => spec.and_then(|s| s.active_deadline_seconds).is_some_and(|d| d >= 0),
-        "NotTerminating" => !spec.and_then(|s| s.active_deadline_seconds).is_some_and(|d| d >= 0),
+        "NotTerminating" => spec.and_then(|s| s.active_deadline_seconds).is_none_or(|d| d < 0),
         "BestEffort" => is_best_effort(pod),
         "NotBestEffort" => !is_best_effort(pod),
         "CrossNamespacePodAffinity" => uses_cross_namespace_affinity(pod),

@@ -223,17 +223,16 @@ impl Shared {
     async fn classify(&self, dependent: &Identity, references: &[OwnerReference]) -> Result<Owners, Error> {
         let mut owners = Owners::default();
         for reference in references {
-            let identity = Identity::owner(reference, &dependent.namespace);
-            if self.absent.lock().expect("absent lock").contains(&identity) {
-                owners.dangling.push(reference.clone());
-                continue;
-            }
             let owner_namespaced = self.resource(&reference.api_version, &reference.kind)?.namespaced;
             if owner_namespaced && dependent.namespace.is_empty() {
                 owners.unresolvable = true;
                 continue;
             }
-            let identity = Identity { namespace: if owner_namespaced { identity.namespace } else { String::new() }, ..identity };
+            let identity = Identity::owner(reference, if owner_namespaced { &dependent.namespace } else { "" });
+            if self.absent.lock().expect("absent lock").contains(&identity) {
+                owners.dangling.push(reference.clone());
+                continue;
+            }
             match self.latest(&identity).await? {
                 None => {
                     self.remember_absent(identity);

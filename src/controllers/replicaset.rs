@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn scale_down_removes_unscheduled_then_pending_then_unready_then_newest() {
-        let mut pods = vec![
+        let mut pods = [
             pod("old-ready", Some("n"), "Running", Some(100), 10),
             pod("new-ready", Some("n"), "Running", Some(200), 20),
             pod("unready", Some("n"), "Running", None, 5),
