@@ -78,6 +78,10 @@ struct ServerArgs {
     #[arg(long, default_value = "30000-32767", value_name = "LOW-HIGH", value_parser = parse_port_range)]
     service_node_port_range: (u16, u16),
 
+    /// Seconds a node may go without renewing its Lease before it is marked NotReady (Unknown)
+    #[arg(long, default_value_t = 40, value_name = "SECONDS")]
+    node_monitor_grace_period: u64,
+
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
@@ -116,7 +120,11 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             retain_events: args.watch_history_events,
             ..StoreOptions::default()
         },
-        controllers: rk::controllers::ControllerOptions { cluster_cidr: args.cluster_cidr, ..Default::default() },
+        controllers: rk::controllers::ControllerOptions {
+            node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period.max(1)),
+            cluster_cidr: args.cluster_cidr,
+            ..Default::default()
+        },
         fake_nodes: args.fake_nodes,
         service_ranges: rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range },
     }

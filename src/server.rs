@@ -111,7 +111,8 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     };
     crate::controllers::start(&controllers, &mut tasks);
     if config.fake_nodes > 0 {
-        tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, shutdown.clone()));
+        let renew_every = crate::node::fake::lease_renew_interval(config.controllers.node_monitor_grace_period);
+        tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, renew_every, shutdown.clone()));
     }
     let tls = Arc::new(pki.server_config()?);
     tasks.spawn(api::serve::serve_tls(listener, tls, app.clone(), shutdown.clone()));

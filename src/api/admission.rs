@@ -1,10 +1,16 @@
 //! Admission rules that span kinds, applied by the generic machinery before a write
-//! reaches the store: upstream's NamespaceLifecycle and ServiceAccount plugins.
+//! reaches the store: upstream's NamespaceLifecycle, ServiceAccount and
+//! ResourceQuota plugins.
 
 use super::error::{ApiError, ApiResult, ResourceName};
 use super::object::ObjectExt;
+use super::quota::{self, ResourceList};
 use super::rest::{Ctx, decode_stored};
+use super::write::encode_for_store;
+use crate::store::{ListRequest, StoreError};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use serde_json::{Value, json};
+use std::collections::HashSet;
 
 /// Namespaces that always exist and may not be deleted.
 pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
@@ -13,6 +19,9 @@ pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-publi
 pub const INITIAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 const NAMESPACES: ResourceName<'static> = ResourceName { group: "", plural: "namespaces" };
+const QUOTAS: ResourceName<'static> = ResourceName { group: "", plural: "resourcequotas" };
+/// How many times quota admission starts over when a quota changed underneath it.
+const QUOTA_RETRIES: usize = 16;
 
 /// Objects may only be created in a namespace that exists and is not terminating.
 pub async fn check_create(ctx: &Ctx, obj: &Value) -> ApiResult<()> {
@@ -118,4 +127,117 @@ fn mount_service_account_token(pod: &mut Value) {
         && let Value::Array(volumes) = spec.entry("volumes").or_insert_with(|| json!([])) {
             volumes.push(volume);
         }
+}
+
+/// Quota admission for creates: an object that would take a namespace's usage
+/// past a ResourceQuota is refused with upstream's message. Admitting it
+/// charges the quotas first: `status.used` is raised with a compare-and-swap on
+/// each quota's revision, so concurrent creates cannot both take the last
+/// unit; on a lost race the quotas are read again. Usage a quota does not
+/// show yet (the quota controller has not run) is computed from the store.
+/// `display_name` is the name the client asked for (its generateName if none).
+pub async fn check_quota(ctx: &Ctx, obj: &Value, display_name: &str) -> ApiResult<()> {
+    if !ctx.resource.namespaced {
+        return Ok(());
+    }
+    let (group, plural) = (ctx.resource.group, ctx.resource.plural);
+    let quotas = ctx.api.registry.lookup("", "v1", "resourcequotas").expect("resource quotas are always served");
+    let prefix = quotas.key_prefix(Some(obj.namespace()));
+    let refuse = |why: String| ApiError::forbidden(ctx.resource.error_name(), display_name, &why);
+    // What the object charges, worked out only once a quota is there to charge.
+    let mut charge: Option<(ResourceList, Option<Pod>)> = None;
+    let now = jiff::Timestamp::now();
+    let mut charged: HashSet<String> = HashSet::new();
+    for _ in 0..QUOTA_RETRIES {
+        let page = ctx.api.store.list(ListRequest { prefix: prefix.clone(), ..Default::default() }).await.map_err(|e| ApiError::from_store(e, QUOTAS, ""))?;
+        if page.items.is_empty() {
+            return Ok(());
+        }
+        let (delta, pod) = charge.get_or_insert_with(|| {
+            let delta = quota::object_usage(group, plural, obj, now).into_iter().filter(|(_, v)| !v.is_zero()).collect();
+            let pod = if group.is_empty() && plural == "pods" { serde_json::from_value(obj.clone()).ok() } else { None };
+            (delta, pod)
+        });
+        let mut charges = Vec::new();
+        for kv in page.items.iter().filter(|kv| !charged.contains(&kv.key)) {
+            let stored = decode_stored(kv)?;
+            let Ok(rq) = serde_json::from_value::<ResourceQuota>(stored.clone()) else { continue };
+            if !quota::quota_matches(&rq, group, plural, pod.as_ref()) {
+                continue;
+            }
+            let name = stored.name().to_owned();
+            let hard = quota::parse_list(rq.spec.as_ref().and_then(|s| s.hard.as_ref()));
+            let limited: Vec<String> = hard.keys().filter(|n| quota::counts_toward(group, plural, n)).cloned().collect();
+            if let Some(pod) = &pod {
+                quota::pod_constraints(pod, &limited).map_err(|e| refuse(format!("failed quota: {name}: {e}")))?;
+            }
+            let requested = quota::mask(delta, &limited);
+            if requested.is_empty() {
+                continue;
+            }
+            let mut used = quota::parse_list(rq.status.as_ref().and_then(|s| s.used.as_ref()));
+            let unknown: Vec<String> = limited.iter().filter(|n| !used.contains_key(*n)).cloned().collect();
+            if !unknown.is_empty() {
+                used.extend(namespace_usage(ctx, &rq, obj.namespace(), &unknown, now).await?);
+            }
+            let new_used = quota::add(&used, &requested);
+            let over = quota::exceeded(&quota::mask(&new_used, requested.keys()), &hard);
+            if !over.is_empty() {
+                return Err(refuse(format!(
+                    "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
+                    quota::pretty(&quota::mask(&requested, &over)),
+                    quota::pretty(&quota::mask(&used, &over)),
+                    quota::pretty(&quota::mask(&hard, &over)),
+                )));
+            }
+            charges.push((kv.key.clone(), kv.mod_revision, stored, new_used));
+        }
+        if ctx.query.dry_run()? {
+            return Ok(());
+        }
+        let mut lost_race = false;
+        for (key, revision, mut stored, used) in charges {
+            stored["status"]["used"] = json!(quota::to_k8s(&used));
+            match ctx.api.store.update(&key, encode_for_store(&stored), revision).await {
+                Ok(_) => {
+                    charged.insert(key);
+                }
+                Err(StoreError::Conflict { .. }) => lost_race = true,
+                Err(e) => return Err(ApiError::from_store(e, QUOTAS, stored.name())),
+            }
+        }
+        if !lost_race {
+            return Ok(());
+        }
+    }
+    Err(ApiError::modified(QUOTAS, ""))
+}
+
+/// The usage of `names` in `namespace` as `rq` counts it, read from the store.
+async fn namespace_usage(ctx: &Ctx, rq: &ResourceQuota, namespace: &str, names: &[String], now: jiff::Timestamp) -> ApiResult<ResourceList> {
+    let mut kinds: Vec<(String, String)> = names.iter().filter_map(|n| quota::kind_of(n)).collect();
+    kinds.sort();
+    kinds.dedup();
+    let mut total = ResourceList::new();
+    for (group, plural) in kinds {
+        let Some(resource) = ctx.api.registry.all().iter().find(|r| r.group == group && r.plural == plural && r.namespaced) else { continue };
+        let page = ctx
+            .api
+            .store
+            .list(ListRequest { prefix: resource.key_prefix(Some(namespace)), ..Default::default() })
+            .await
+            .map_err(|e| ApiError::from_store(e, resource.error_name(), ""))?;
+        for kv in &page.items {
+            let obj = decode_stored(kv)?;
+            let pod: Option<Pod> = if resource.kind == "Pod" { serde_json::from_value(obj.clone()).ok() } else { None };
+            if quota::quota_matches(rq, &group, &plural, pod.as_ref()) {
+                total = quota::add(&total, &quota::object_usage(&group, &plural, &obj, now));
+            }
+        }
+    }
+    let mut usage = quota::mask(&total, names);
+    for name in names {
+        usage.entry(name.clone()).or_insert_with(crate::api::quantity::Quantity::zero);
+    }
+    Ok(usage)
 }

@@ -18,6 +18,8 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod request;
 pub mod rest;

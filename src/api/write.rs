@@ -157,6 +157,7 @@ impl Ctx {
         if r.tracks_generation {
             obj.set_meta("generation", 1);
         }
+        let display_name = if obj.name().is_empty() { obj.meta_str("generateName").unwrap_or("").to_owned() } else { obj.name().to_owned() };
         if obj.name().is_empty()
             && let Some(prefix) = obj.meta_str("generateName").filter(|p| !p.is_empty()) {
                 let name = generate_name(prefix);
@@ -165,6 +166,7 @@ impl Ctx {
         admission::check_create(self, &obj).await?;
         admission::mutate_create(self, &mut obj).await?;
         let mut obj = self.admit(obj, None)?;
+        admission::check_quota(self, &obj, &display_name).await?;
         if !self.is_apply() {
             let (now, manager_name, api_version) = (now_rfc3339(), self.field_manager("unknown"), r.api_version());
             fields::track_update(None, &mut obj, &self.manager(&manager_name, &api_version, &now, None), self.schema_node());

@@ -5,17 +5,24 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod discovery;
 pub mod endpoints;
+pub mod gc;
 pub mod history;
 pub mod job;
+pub mod namespace;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod ownership;
+pub mod podgc;
 pub mod pods;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod rollout;
 pub mod schedule;
 pub mod serviceaccounts;
 pub mod statefulset;
+pub mod taint_eviction;
 
 use crate::runtime::{Informers, Recorder};
 use std::sync::Arc;
@@ -75,4 +82,10 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(deployment::run(ctx.clone()));
     tasks.spawn(daemonset::run(ctx.clone()));
     tasks.spawn(statefulset::run(ctx.clone()));
+    tasks.spawn(namespace::run(ctx.clone()));
+    tasks.spawn(gc::run(ctx.clone()));
+    tasks.spawn(nodelifecycle::run(ctx.clone()));
+    tasks.spawn(taint_eviction::run(ctx.clone()));
+    tasks.spawn(podgc::run(ctx.clone()));
+    tasks.spawn(resourcequota::run(ctx.clone()));
 }

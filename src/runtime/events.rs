@@ -22,16 +22,16 @@ pub enum EventType {
     Warning,
 }
 
+/// Recent events by fingerprint: the Event's name, its count, when last seen.
+type Seen = HashMap<String, (String, i32, Instant)>;
+
 #[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
     component: String,
     host: Option<String>,
-    seen: Arc<Mutex<HashMap<String, Recorded>>>,
+    seen: Arc<Mutex<Seen>>,
 }
-
-/// An Event already written: its name, count and when it last happened.
-type Recorded = (String, i32, Instant);
 
 /// A reference to `obj` for an Event's `involvedObject`.
 pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {

@@ -291,54 +291,7 @@ fn qos_class(spec: &PodSpec) -> &'static str {
 // Quantities
 // ---------------------------------------------------------------------------
 
-/// Parses a Kubernetes quantity into nano-units (rounding finer fractions up), `None` if malformed.
-fn parse_quantity(s: &str) -> Option<i128> {
-    let (neg, rest) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-    let (num, suffix) = rest.split_at(num_len);
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
-        return None;
-    }
-    let (mut exp10, mut bin): (i32, u32) = (0, 0);
-    match suffix {
-        "" => {}
-        "n" => exp10 = -9,
-        "u" => exp10 = -6,
-        "m" => exp10 = -3,
-        "k" => exp10 = 3,
-        "M" => exp10 = 6,
-        "G" => exp10 = 9,
-        "T" => exp10 = 12,
-        "P" => exp10 = 15,
-        "E" => exp10 = 18,
-        "Ki" => bin = 10,
-        "Mi" => bin = 20,
-        "Gi" => bin = 30,
-        "Ti" => bin = 40,
-        "Pi" => bin = 50,
-        "Ei" => bin = 60,
-        e => exp10 = e.strip_prefix(['e', 'E'])?.parse().ok().filter(|x: &i32| x.abs() <= 30)?,
-    }
-    let digits = format!("{int}{frac}");
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 30 {
-        return Some(if neg { i128::MIN } else { i128::MAX });
-    }
-    let mantissa: i128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
-    let scaled = mantissa.checked_mul(1i128 << bin)?;
-    let shift = exp10 + 9 - frac.len() as i32;
-    let v = if shift >= 0 {
-        scaled.checked_mul(10i128.checked_pow(shift as u32)?).unwrap_or(i128::MAX)
-    } else {
-        let d = 10i128.checked_pow((-shift) as u32).unwrap_or(i128::MAX);
-        (scaled + d - 1) / d
-    };
-    Some(if neg { -v } else { v })
-}
+use crate::api::quantity::parse_nanos as parse_quantity;
 
 // ---------------------------------------------------------------------------
 // Validation helpers
