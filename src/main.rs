@@ -66,6 +66,14 @@ struct ServerArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     fake_nodes: usize,
 
+    /// Name of this machine's node [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+
+    /// Run no node agent on this machine (a control-plane-only server)
+    #[arg(long)]
+    disable_agent: bool,
+
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
@@ -93,8 +101,9 @@ fn main() {
 }
 
 fn server_config(args: ServerArgs) -> ServerConfig {
+    let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
     ServerConfig {
-        data_dir: args.data_dir.unwrap_or_else(server::default_data_dir),
+        data_dir: data_dir.clone(),
         bind_address: args.bind_address,
         https_port: args.https_listen_port,
         kubeconfig: args.write_kubeconfig.unwrap_or_else(server::default_kubeconfig),
@@ -106,5 +115,9 @@ fn server_config(args: ServerArgs) -> ServerConfig {
         },
         controllers: Default::default(),
         fake_nodes: args.fake_nodes,
+        agent: (!args.disable_agent).then(|| {
+            let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
+            rk::node::AgentConfig::new(&node_name, data_dir.clone())
+        }),
     }
 }

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub controllers: crate::controllers::ControllerOptions,
     /// Simulated nodes to register (for trying and measuring the control plane).
     pub fake_nodes: usize,
+    /// The embedded node agent for this machine; `None` runs no agent.
+    pub agent: Option<crate::node::AgentConfig>,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -106,6 +108,16 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     crate::controllers::start(&controllers, &mut tasks);
     if config.fake_nodes > 0 {
         tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, shutdown.clone()));
+    }
+    if let Some(agent) = &config.agent {
+        let identity = Identity::new(&format!("system:node:{}", agent.node_name), &["system:nodes", "system:authenticated"]);
+        let client = crate::client::in_process(app.clone(), identity);
+        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::node::run(client, agent, shutdown).await {
+                tracing::error!(error = %e, "the node agent stopped");
+            }
+        });
     }
     let tls = Arc::new(pki.server_config()?);
     tasks.spawn(api::serve::serve_tls(listener, tls, app.clone(), shutdown.clone()));

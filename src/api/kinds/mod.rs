@@ -7,6 +7,9 @@ mod core;
 mod pods;
 mod workloads;
 
+/// Kubernetes quantities in nano-units, for the node agent's resource arithmetic.
+pub use pods::parse_quantity;
+
 use super::registry::{Registry, Resource};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

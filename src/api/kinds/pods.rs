@@ -292,7 +292,7 @@ fn qos_class(spec: &PodSpec) -> &'static str {
 // ---------------------------------------------------------------------------
 
 /// Parses a Kubernetes quantity into nano-units (rounding finer fractions up), `None` if malformed.
-fn parse_quantity(s: &str) -> Option<i128> {
+pub fn parse_quantity(s: &str) -> Option<i128> {
     let (neg, rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
