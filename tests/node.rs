@@ -91,24 +91,15 @@ fn containers_of(uid: &str) -> Vec<String> {
     out.split_whitespace().map(str::to_owned).collect()
 }
 
+/// A pod manifest bound to the server's node: `metadata` in flow style, then the rest of the spec.
+fn manifest(server: &Server, metadata: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{{metadata}}}\nspec:\n  nodeName: {}\n{spec}", node(server))
+}
+
 /// A one-container busybox pod bound to the server's node.
 fn busybox_pod(server: &Server, name: &str, script: &str, extra_spec: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 2
-{extra_spec}
-  containers:
-  - name: main
-    image: {BUSYBOX}
-    command: ["sh", "-c", {script:?}]
-"#,
-        node = node(server)
-    )
+    let spec = format!("  terminationGracePeriodSeconds: 2\n{extra_spec}\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", {script:?}]\n");
+    manifest(server, &format!("name: {name}"), &spec)
 }
 
 #[test]
@@ -151,13 +142,8 @@ fn containers_of_a_pod_reach_each_other_on_localhost() {
     let server = agent_server();
     apply(
         &server,
-        &format!(
+        &manifest(&server, "name: duo", &format!(
             r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: duo}}
-spec:
-  nodeName: {node}
   terminationGracePeriodSeconds: 1
   containers:
   - name: web
@@ -169,9 +155,8 @@ spec:
     readinessProbe:
       exec: {{command: ["cat", "/tmp/page"]}}
       periodSeconds: 1
-"#,
-            node = node(&server)
-        ),
+"#
+        )),
     );
     wait_phase(&server, "duo", "Running");
     assert!(eventually(TIMEOUT, || condition(&server, "duo", "Ready") == "True"), "{}", pod(&server, "duo")["status"]);
@@ -188,13 +173,8 @@ fn environment_comes_from_config_maps_secrets_and_the_pod() {
     server.ok(&["create", "secret", "generic", "creds", "--from-literal=PASSWORD=s3cret"]);
     apply(
         &server,
-        &format!(
+        &manifest(&server, "name: envy, labels: {app: envy}", &format!(
             r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: envy, labels: {{app: envy}}}}
-spec:
-  nodeName: {node}
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
@@ -211,9 +191,8 @@ spec:
     - {{name: APP, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['app']"}}}}}}
     - {{name: MEMORY_MI, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
     - {{name: GREETING, value: "$(COLOR) $(POD_NAME)"}}
-"#,
-            node = node(&server)
-        ),
+"#
+        )),
     );
     wait_phase(&server, "envy", "Running");
     let id = container_id(&server, "envy", "main");
@@ -225,21 +204,19 @@ spec:
 #[test]
 fn a_missing_config_map_holds_the_container_until_it_exists() {
     let server = agent_server();
-    let yaml = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: patient}}
-spec:
-  nodeName: {node}
+    let yaml = manifest(
+        &server,
+        "name: patient",
+        &format!(
+            r#"
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
     image: {BUSYBOX}
     command: ["sleep", "3600"]
     env: [{{name: X, valueFrom: {{configMapKeyRef: {{name: later, key: x}}}}}}]
-"#,
-        node = node(&server)
+"#
+        ),
     );
     apply(&server, &yaml);
     let waiting = || container_status(&server, "patient", "main")["state"]["waiting"].clone();
@@ -256,13 +233,8 @@ fn config_map_and_secret_volumes_follow_updates() {
     server.ok(&["create", "secret", "generic", "keys", "--from-literal=token=abc"]);
     apply(
         &server,
-        &format!(
+        &manifest(&server, "name: mounts, labels: {tier: front}", &format!(
             r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: mounts, labels: {{tier: front}}}}
-spec:
-  nodeName: {node}
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
@@ -284,9 +256,8 @@ spec:
       sources:
       - configMap: {{name: files, items: [{{key: other, path: other}}]}}
       - secret: {{name: keys}}
-"#,
-            node = node(&server)
-        ),
+"#
+        )),
     );
     wait_phase(&server, "mounts", "Running");
     let id = container_id(&server, "mounts", "main");
@@ -309,13 +280,8 @@ fn empty_dirs_are_shared_between_containers_and_host_paths_mount() {
     std::fs::write(host_dir.join("from-host"), "host file").unwrap();
     apply(
         &server,
-        &format!(
+        &manifest(&server, "name: sharing", &format!(
             r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: sharing}}
-spec:
-  nodeName: {node}
   terminationGracePeriodSeconds: 1
   containers:
   - name: writer
@@ -331,8 +297,8 @@ spec:
   - {{name: ram, emptyDir: {{medium: Memory}}}}
   - {{name: host, hostPath: {{path: {host}, type: Directory}}}}
 "#,
-            node = node(&server),
-            host = host_dir.display()
+            host = host_dir.display(
+        ))
         ),
     );
     wait_phase(&server, "sharing", "Running");
@@ -350,13 +316,8 @@ fn init_containers_run_in_order_before_the_app_containers() {
     let server = agent_server();
     apply(
         &server,
-        &format!(
+        &manifest(&server, "name: staged", &format!(
             r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: staged}}
-spec:
-  nodeName: {node}
   terminationGracePeriodSeconds: 1
   initContainers:
   - {{name: first, image: {BUSYBOX}, command: ["sh", "-c", "sleep 1; echo one > /work/log"], volumeMounts: [{{name: work, mountPath: /work}}]}}
@@ -364,9 +325,8 @@ spec:
   containers:
   - {{name: main, image: {BUSYBOX}, command: ["sh", "-c", "echo main >> /work/log; sleep 3600"], volumeMounts: [{{name: work, mountPath: /work}}]}}
   volumes: [{{name: work, emptyDir: {{}}}}]
-"#,
-            node = node(&server)
-        ),
+"#
+        )),
     );
     assert!(eventually(TIMEOUT, || condition(&server, "staged", "Initialized") == "False" || phase(&server, "staged") == "Running"));
     wait_phase(&server, "staged", "Running");
@@ -384,19 +344,13 @@ fn a_failing_init_container_fails_a_never_restarting_pod() {
     let server = agent_server();
     apply(
         &server,
-        &format!(
+        &manifest(&server, "name: doomed", &format!(
             r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: doomed}}
-spec:
-  nodeName: {node}
   restartPolicy: Never
   initContainers: [{{name: setup, image: {BUSYBOX}, command: ["sh", "-c", "exit 7"]}}]
   containers: [{{name: main, image: {BUSYBOX}, command: ["sleep", "3600"]}}]
-"#,
-            node = node(&server)
-        ),
+"#
+        )),
     );
     wait_phase(&server, "doomed", "Failed");
     let init = &pod(&server, "doomed")["status"]["initContainerStatuses"][0];
@@ -409,13 +363,8 @@ fn resource_limits_reach_docker_and_an_oom_kill_is_reported() {
     let server = agent_server();
     apply(
         &server,
-        &format!(
+        &manifest(&server, "name: limited", &format!(
             r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: limited}}
-spec:
-  nodeName: {node}
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
@@ -423,9 +372,8 @@ spec:
     command: ["sleep", "3600"]
     resources: {{limits: {{cpu: 250m, memory: 32Mi}}, requests: {{cpu: 100m, memory: 16Mi}}}}
     securityContext: {{runAsUser: 1000, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}
-"#,
-            node = node(&server)
-        ),
+"#
+        )),
     );
     wait_phase(&server, "limited", "Running");
     let id = container_id(&server, "limited", "main");
@@ -501,13 +449,8 @@ fn deleting_a_pod_stops_its_containers_within_the_grace_period() {
     std::fs::create_dir_all(&marker).unwrap();
     apply(
         &server,
-        &format!(
+        &manifest(&server, "name: leaving", &format!(
             r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: leaving}}
-spec:
-  nodeName: {node}
   terminationGracePeriodSeconds: 20
   containers:
   - name: main
@@ -517,8 +460,8 @@ spec:
     lifecycle: {{preStop: {{exec: {{command: ["sh", "-c", "echo hook > /marker/hook"]}}}}}}
   volumes: [{{name: marker, hostPath: {{path: {marker}}}}}]
 "#,
-            node = node(&server),
-            marker = marker.display()
+            marker = marker.display(
+        ))
         ),
     );
     wait_phase(&server, "leaving", "Running");
@@ -569,8 +512,10 @@ fn a_missing_image_reports_err_image_pull_then_back_off() {
     let yaml = busybox_pod(&server, "nowhere", "true", "").replace(BUSYBOX, "127.0.0.1:1/rk-test/absent:1");
     apply(&server, &yaml);
     let waiting = || container_status(&server, "nowhere", "main")["state"]["waiting"].clone();
-    assert!(eventually(TIMEOUT, || waiting()["reason"] == "ErrImagePull"), "{}", pod(&server, "nowhere")["status"]);
-    assert!(waiting()["message"].as_str().unwrap().starts_with("Failed to pull image \"127.0.0.1:1/rk-test/absent:1\": "), "{}", waiting());
+    // ErrImagePull shows until the next sync, which finds the pull backing off.
+    let events = || server.ok(&["get", "events", "--field-selector", "involvedObject.name=nowhere", "-o", "jsonpath={.items[*].message}"]);
+    let failed = "Failed to pull image \"127.0.0.1:1/rk-test/absent:1\": ";
+    assert!(eventually(TIMEOUT, || events().contains(failed) && events().contains("Error: ErrImagePull")), "{}", events());
     assert!(eventually(TIMEOUT, || waiting()["reason"] == "ImagePullBackOff"), "{}", waiting());
     assert_eq!(waiting()["message"], "Back-off pulling image \"127.0.0.1:1/rk-test/absent:1\"");
 

@@ -37,6 +37,28 @@ pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
     out
 }
 
+/// One key of a ConfigMap's or Secret's `data` (`None` if it or its object is
+/// missing and optional); `kind` is how messages name the kind.
+fn key_of(
+    data: Option<std::collections::BTreeMap<String, Vec<u8>>>,
+    kind: (&str, &str),
+    namespace: &str,
+    name: &str,
+    key: &str,
+    optional: bool,
+) -> Result<Option<String>, String> {
+    let (lower, title) = kind;
+    match data {
+        None if optional => Ok(None),
+        None => Err(format!("{lower} \"{name}\" not found")),
+        Some(mut data) => match data.remove(key) {
+            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            None if optional => Ok(None),
+            None => Err(format!("couldn't find key {key} in {title} {namespace}/{name}")),
+        },
+    }
+}
+
 /// The environment of `container`, in order, or the CreateContainerConfigError message.
 pub fn resolve(
     pod: &Pod,
@@ -83,26 +105,16 @@ pub fn resolve(
             }
             Some(from) => {
                 if let Some(r) = &from.config_map_key_ref {
-                    let optional = r.optional == Some(true);
-                    match lookup.config_map(namespace, &r.name) {
-                        Some(cm) => match sources::config_map_data(&cm).remove(&r.key) {
-                            Some(v) => String::from_utf8_lossy(&v).into_owned(),
-                            None if optional => continue,
-                            None => return Err(format!("couldn't find key {} in ConfigMap {namespace}/{}", r.key, r.name)),
-                        },
-                        None if optional => continue,
-                        None => return Err(format!("configmap \"{}\" not found", r.name)),
+                    let data = lookup.config_map(namespace, &r.name).map(|cm| sources::config_map_data(&cm));
+                    match key_of(data, ("configmap", "ConfigMap"), namespace, &r.name, &r.key, r.optional == Some(true))? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else if let Some(r) = &from.secret_key_ref {
-                    let optional = r.optional == Some(true);
-                    match lookup.secret(namespace, &r.name) {
-                        Some(s) => match sources::secret_data(&s).remove(&r.key) {
-                            Some(v) => String::from_utf8_lossy(&v).into_owned(),
-                            None if optional => continue,
-                            None => return Err(format!("couldn't find key {} in Secret {namespace}/{}", r.key, r.name)),
-                        },
-                        None if optional => continue,
-                        None => return Err(format!("secret \"{}\" not found", r.name)),
+                    let data = lookup.secret(namespace, &r.name).map(|s| sources::secret_data(&s));
+                    match key_of(data, ("secret", "Secret"), namespace, &r.name, &r.key, r.optional == Some(true))? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else if let Some(f) = &from.field_ref {
                     sources::field_ref(pod, &f.field_path, addresses)?

@@ -213,6 +213,7 @@ impl Images {
         if self.pulls.remaining(backoff_key, now).is_some() {
             let message = format!("Back-off pulling image \"{image}\"");
             recorder.record(object.clone(), EventType::Normal, "BackOff", message.clone());
+            recorder.record(object.clone(), EventType::Warning, "Failed", "Error: ImagePullBackOff");
             return Err(Waiting { reason: "ImagePullBackOff", message });
         }
         let lock = self.lock_for(image);
@@ -231,6 +232,7 @@ impl Images {
                 self.pulls.next(backoff_key, Timestamp::now());
                 let message = format!("Failed to pull image \"{image}\": {e}");
                 recorder.record(object.clone(), EventType::Warning, "Failed", message.clone());
+                recorder.record(object.clone(), EventType::Warning, "Failed", "Error: ErrImagePull");
                 Err(failed(message))
             }
         }

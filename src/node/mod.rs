@@ -80,6 +80,23 @@ fn references(spec: &PodSpec, name: &str, config_map: bool) -> bool {
     volumes || env || pull_secret
 }
 
+/// A pod change that asks for a sync: anything but the agent's own status
+/// writes (which would otherwise wake every pod once more after each sync).
+fn wants_sync(change: &Change<Pod>) -> Vec<String> {
+    if let Change::Applied { old: Some(old), new } = change {
+        let (o, n) = (&old.metadata, &new.metadata);
+        let same = old.spec == new.spec
+            && o.deletion_timestamp == n.deletion_timestamp
+            && o.deletion_grace_period_seconds == n.deletion_grace_period_seconds
+            && o.uid == n.uid
+            && old.status.as_ref().and_then(|s| s.phase.as_ref()) == new.status.as_ref().and_then(|s| s.phase.as_ref());
+        if same {
+            return vec![];
+        }
+    }
+    vec![key_of(change.object().as_ref())]
+}
+
 /// Maps a change of a ConfigMap or Secret to the keys of this node's pods using it.
 fn users<K: kube::Resource>(pods: Informer<Pod>, config_map: bool) -> impl Fn(&Change<K>) -> Vec<String> + Send + 'static {
     move |change| {
@@ -110,7 +127,7 @@ pub async fn run(client: kube::Client, config: AgentConfig, shutdown: Cancellati
     let secrets = informers.get::<Secret>();
     let recorder = Recorder::new(client.clone(), "kubelet", Some(node.clone()));
     let controller = Controller::new("kubelet", config.workers)
-        .owns_kind(&pods)
+        .watch(&pods, wants_sync)
         .watch(&config_maps, users::<ConfigMap>(pods.clone(), true))
         .watch(&secrets, users::<Secret>(pods.clone(), false));
     let queue = controller.queue();

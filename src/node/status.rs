@@ -290,14 +290,15 @@ mod tests {
 
     fn pod(policy: &str, init: &[&str], apps: &[&str]) -> Pod {
         let c = |n: &&str| Container { name: n.to_string(), image: Some("img".into()), ..Default::default() };
-        let mut p = Pod::default();
-        p.spec = Some(PodSpec {
-            restart_policy: Some(policy.into()),
-            init_containers: (!init.is_empty()).then(|| init.iter().map(c).collect()),
-            containers: apps.iter().map(c).collect(),
+        Pod {
+            spec: Some(PodSpec {
+                restart_policy: Some(policy.into()),
+                init_containers: (!init.is_empty()).then(|| init.iter().map(c).collect()),
+                containers: apps.iter().map(c).collect(),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
-        p
+        }
     }
 
     fn status(pod: &Pod, containers: &[Observed], waiting: &[(&str, &'static str)]) -> PodStatus {

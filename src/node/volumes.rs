@@ -169,6 +169,23 @@ fn project(
     Ok(())
 }
 
+/// Projects a ConfigMap's or Secret's data (`None` when the object is
+/// missing); an optional source may be missing or lack keys.
+fn project_source(
+    payload: &mut Payload,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    (kind, name): (&str, &str),
+    items: Option<&Vec<KeyToPath>>,
+    mode: u32,
+    optional: bool,
+) -> Result<(), String> {
+    match data {
+        Some(data) => project(payload, &data, items, mode, kind).or_else(|e| if optional { Ok(()) } else { Err(e) }),
+        None if optional => Ok(()),
+        None => Err(format!("{kind} \"{name}\" not found")),
+    }
+}
+
 /// What one pod needs to resolve its projected volumes.
 pub struct Context<'a> {
     pub pod: &'a Pod,
@@ -183,21 +200,13 @@ impl Context<'_> {
     }
 
     fn config_map(&self, payload: &mut Payload, p: &ConfigMapProjection, mode: u32) -> Result<(), String> {
-        let optional = p.optional == Some(true);
-        match self.lookup.config_map(self.namespace(), &p.name) {
-            Some(cm) => project(payload, &sources::config_map_data(&cm), p.items.as_ref(), mode, "configmap").or_else(|e| if optional { Ok(()) } else { Err(e) }),
-            None if optional => Ok(()),
-            None => Err(format!("configmap \"{}\" not found", p.name)),
-        }
+        let data = self.lookup.config_map(self.namespace(), &p.name).map(|cm| sources::config_map_data(&cm));
+        project_source(payload, data, ("configmap", &p.name), p.items.as_ref(), mode, p.optional == Some(true))
     }
 
     fn secret(&self, payload: &mut Payload, p: &SecretProjection, mode: u32) -> Result<(), String> {
-        let optional = p.optional == Some(true);
-        match self.lookup.secret(self.namespace(), &p.name) {
-            Some(s) => project(payload, &sources::secret_data(&s), p.items.as_ref(), mode, "secret").or_else(|e| if optional { Ok(()) } else { Err(e) }),
-            None if optional => Ok(()),
-            None => Err(format!("secret \"{}\" not found", p.name)),
-        }
+        let data = self.lookup.secret(self.namespace(), &p.name).map(|s| sources::secret_data(&s));
+        project_source(payload, data, ("secret", &p.name), p.items.as_ref(), mode, p.optional == Some(true))
     }
 
     fn downward(&self, payload: &mut Payload, items: &[DownwardAPIVolumeFile], mode: u32) -> Result<(), String> {
