@@ -7,7 +7,8 @@
 //! - [`store`]: etcd's role: a durable key space with one global revision and a
 //!   revisioned watch log, on sled.
 //! - [`controllers`]: the controller manager's control loops (ReplicaSets, …).
-//! - [`node`]: the node agent; today the fake nodes used to exercise the control plane.
+//! - [`node`]: the node agent (pods as Docker containers), and the fake nodes used to
+//!   exercise the control plane.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event
 //!   recorder that the scheduler, controllers and node agent share.

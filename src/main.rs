@@ -25,6 +25,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
     /// Seconds each create phase runs
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -34,6 +36,19 @@ struct BenchArgs {
     /// Writes whose delivery to every watcher is timed
     #[arg(long, default_value_t = 200)]
     watched_writes: usize,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Pod start latency (create -> Running) on the embedded node agent, next to `docker run -d` (needs Docker and tools/test-images.sh)
+    Pods {
+        /// Pods to start
+        #[arg(long, default_value_t = 50)]
+        pods: usize,
+        /// Image the pods run (present locally; never pulled)
+        #[arg(long, default_value = "rk-test/busybox:1")]
+        image: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -89,6 +104,9 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(args)).await,
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Pods { pods, image }), .. }) => {
+                rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
+            }
             Command::Bench(args) => {
                 rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
             }

@@ -579,3 +579,23 @@ fn an_image_is_pulled_from_a_registry() {
     server.ok(&["delete", "pod", "pulled"]);
     docker(&["rmi", &image]);
 }
+
+#[test]
+fn agents_of_different_nodes_on_one_engine_leave_each_other_alone() {
+    let first = agent_server();
+    apply(&first, &busybox_pod(&first, "mine", "sleep 3600", ""));
+    wait_phase(&first, "mine", "Running");
+    let uid = pod(&first, "mine")["metadata"]["uid"].as_str().unwrap().to_owned();
+    let before = containers_of(&uid);
+
+    // A second agent with its own API and node name: the first one's pod is
+    // not in its API, so a careless agent would remove the containers as strays.
+    let second = agent_server();
+    apply(&second, &busybox_pod(&second, "theirs", "sleep 3600", ""));
+    wait_phase(&second, "theirs", "Running");
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(containers_of(&uid), before, "a resync of the other agent went by");
+    assert_eq!(phase(&first, "mine"), "Running");
+    let labels = docker(&["inspect", "-f", "{{index .Config.Labels \"io.rk.node\"}}", &container_id(&first, "mine", "main")]);
+    assert_eq!(labels, node(&first));
+}

@@ -255,6 +255,16 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Removes every container of this node (after its agent is gone).
+    pub async fn remove_all(&self) -> Result<(), Error> {
+        for c in self.list(&[]).await? {
+            if let Some(id) = c.id {
+                self.remove(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a container; returns its id.
     pub async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, DockerError> {
         let options = CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
