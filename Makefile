@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench clean
+.PHONY: build run test lint bench bench-pods clean
 
 build:
 	$(CARGO) build --release
@@ -21,6 +21,11 @@ lint:
 
 bench:
 	$(CARGO) run --release -- bench
+
+# Pod start latency on the node agent (needs Docker, root and the test images).
+bench-pods:
+	bash tools/test-images.sh
+	$(CARGO) run --release -- bench pods
 
 clean:
 	$(CARGO) clean

@@ -4,6 +4,8 @@
 //! server's memory. The figures go into the project's notes; targets live in
 //! `shared/targets.md`, not in tests.
 
+pub mod pods;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
@@ -25,10 +27,10 @@ pub struct BenchOptions {
 }
 
 /// A server process started for the benchmark, stopped when dropped.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
     _dir: tempfile::TempDir,
-    kubeconfig: std::path::PathBuf,
+    pub(crate) kubeconfig: std::path::PathBuf,
 }
 
 impl Drop for ServerProcess {
@@ -38,12 +40,15 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server() -> Result<(ServerProcess, Duration), Error> {
+/// Starts `rk server` with `args` (e.g. `--disable-agent`) on a fresh data directory.
+pub(crate) fn start_server(args: &[&str]) -> Result<(ServerProcess, Duration), Error> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     let started = Instant::now();
     let child = Command::new(std::env::current_exe()?)
-        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--data-dir"])
+        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0"])
+        .args(args)
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--write-kubeconfig")
         .arg(&kubeconfig)
@@ -61,7 +66,7 @@ fn start_server() -> Result<(ServerProcess, Duration), Error> {
     Ok((server, started.elapsed()))
 }
 
-async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
+pub(crate) async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
     let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(kubeconfig)?, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
 }
@@ -74,14 +79,14 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
@@ -175,7 +180,7 @@ async fn watch_latency(client: &kube::Client, watchers: usize, writes: usize) ->
 }
 
 pub async fn run(options: BenchOptions) -> Result<(), Error> {
-    let (server, startup) = start_server()?;
+    let (server, startup) = start_server(&["--disable-agent"])?;
     let pid = server.child.id();
     let client = client(&server.kubeconfig).await?;
     let ready = Instant::now();

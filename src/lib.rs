@@ -8,7 +8,8 @@
 //!   revisioned watch log, on sled.
 //! - [`controllers`]: the controller manager's control loops (ReplicaSets, Deployments,
 //!   DaemonSets, StatefulSets, …).
-//! - [`node`]: the node agent; today the fake nodes used to exercise the control plane.
+//! - [`node`]: the node agent (pods as Docker containers), and the fake nodes used to
+//!   exercise the control plane.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event
 //!   recorder that the scheduler, controllers and node agent share.

@@ -25,6 +25,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
     /// Seconds each create phase runs
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -34,6 +36,19 @@ struct BenchArgs {
     /// Writes whose delivery to every watcher is timed
     #[arg(long, default_value_t = 200)]
     watched_writes: usize,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Pod start latency (create -> Running) on the embedded node agent, next to `docker run -d` (needs Docker and tools/test-images.sh)
+    Pods {
+        /// Pods to start
+        #[arg(long, default_value_t = 50)]
+        pods: usize,
+        /// Image the pods run (present locally; never pulled)
+        #[arg(long, default_value = "rk-test/busybox:1")]
+        image: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -82,6 +97,14 @@ struct ServerArgs {
     #[arg(long, default_value_t = 40, value_name = "SECONDS")]
     node_monitor_grace_period: u64,
 
+    /// Name of this machine's node [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+
+    /// Run no node agent on this machine (a control-plane-only server)
+    #[arg(long)]
+    disable_agent: bool,
+
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
@@ -97,6 +120,9 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(args)).await,
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Pods { pods, image }), .. }) => {
+                rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
+            }
             Command::Bench(args) => {
                 rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
             }
@@ -109,8 +135,9 @@ fn main() {
 }
 
 fn server_config(args: ServerArgs) -> ServerConfig {
+    let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
     ServerConfig {
-        data_dir: args.data_dir.unwrap_or_else(server::default_data_dir),
+        data_dir: data_dir.clone(),
         bind_address: args.bind_address,
         https_port: args.https_listen_port,
         kubeconfig: args.write_kubeconfig.unwrap_or_else(server::default_kubeconfig),
@@ -127,6 +154,10 @@ fn server_config(args: ServerArgs) -> ServerConfig {
         },
         fake_nodes: args.fake_nodes,
         service_ranges: rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range },
+        agent: (!args.disable_agent).then(|| {
+            let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
+            rk::node::AgentConfig::new(&node_name, data_dir.clone())
+        }),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub fake_nodes: usize,
     /// Where Service cluster IPs and node ports come from.
     pub service_ranges: crate::api::allocator::Ranges,
+    /// The embedded node agent for this machine; `None` runs no agent.
+    pub agent: Option<crate::node::AgentConfig>,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -113,6 +115,16 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     if config.fake_nodes > 0 {
         let renew_every = crate::node::fake::lease_renew_interval(config.controllers.node_monitor_grace_period);
         tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, renew_every, shutdown.clone()));
+    }
+    if let Some(agent) = &config.agent {
+        let identity = Identity::new(&format!("system:node:{}", agent.node_name), &["system:nodes", "system:authenticated"]);
+        let client = crate::client::in_process(app.clone(), identity);
+        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::node::run(client, agent, shutdown).await {
+                tracing::error!(error = %e, "the node agent stopped");
+            }
+        });
     }
     let tls = Arc::new(pki.server_config()?);
     tasks.spawn(api::serve::serve_tls(listener, tls, app.clone(), shutdown.clone()));

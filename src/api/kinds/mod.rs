@@ -9,6 +9,9 @@ mod pods;
 mod revisioned;
 mod workloads;
 
+/// Kubernetes quantities in nano-units, for the node agent's resource arithmetic.
+pub use pods::parse_quantity;
+
 use super::registry::{Registry, Resource};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

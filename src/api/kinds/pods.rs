@@ -291,7 +291,7 @@ fn qos_class(spec: &PodSpec) -> &'static str {
 // Quantities
 // ---------------------------------------------------------------------------
 
-use crate::api::quantity::parse_nanos as parse_quantity;
+pub use crate::api::quantity::parse_nanos as parse_quantity;
 
 // ---------------------------------------------------------------------------
 // Validation helpers
