@@ -43,7 +43,7 @@ fn start_server() -> Result<(ServerProcess, Duration), Error> {
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     let started = Instant::now();
     let child = Command::new(std::env::current_exe()?)
-        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--data-dir"])
+        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--disable-proxy", "--data-dir"])
         .arg(dir.path().join("data"))
         .arg("--write-kubeconfig")
         .arg(&kubeconfig)

@@ -8,6 +8,7 @@
 //!   revisioned watch log, on sled.
 //! - [`controllers`]: the controller manager's control loops (ReplicaSets, …).
 //! - [`node`]: the node agent; today the fake nodes used to exercise the control plane.
+//! - [`net`]: the service proxy: Services programmed into nf_tables over netlink.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event
 //!   recorder that the scheduler, controllers and node agent share.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod controllers;
+pub mod net;
 pub mod node;
 pub mod pki;
 pub mod runtime;

@@ -34,6 +34,21 @@ struct BenchArgs {
     /// Writes whose delivery to every watcher is timed
     #[arg(long, default_value_t = 200)]
     watched_writes: usize,
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Time to program one new Service into nf_tables on top of N existing ones (root; private network namespace)
+    Proxy {
+        /// Existing Services to measure on top of (comma-separated)
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        services: Vec<u32>,
+        /// New Services timed at each size
+        #[arg(long, default_value_t = 50)]
+        samples: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -81,6 +96,10 @@ struct ServerArgs {
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
+
+    /// Do not program Services into this host's nf_tables (no service proxy, no ServiceLB)
+    #[arg(long)]
+    disable_proxy: bool,
 }
 
 fn main() {
@@ -93,6 +112,7 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(args)).await,
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
             Command::Bench(args) => {
                 rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
             }
@@ -119,6 +139,7 @@ fn server_config(args: ServerArgs) -> ServerConfig {
         controllers: rk::controllers::ControllerOptions { cluster_cidr: args.cluster_cidr, ..Default::default() },
         fake_nodes: args.fake_nodes,
         service_ranges: rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range },
+        proxy: !args.disable_proxy,
     }
 }
 

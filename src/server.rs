@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub fake_nodes: usize,
     /// Where Service cluster IPs and node ports come from.
     pub service_ranges: crate::api::allocator::Ranges,
+    /// Run the service proxy (nf_tables rules for Services) on this host.
+    pub proxy: bool,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -110,6 +112,11 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         cluster_ca: pki.ca_pem().to_owned(),
     };
     crate::controllers::start(&controllers, &mut tasks);
+    if config.proxy {
+        let options = crate::net::ProxyOptions { cluster_cidr: config.controllers.cluster_cidr };
+        tasks.spawn(crate::net::run(controllers.informers.clone(), options, shutdown.clone()));
+        tasks.spawn(crate::net::servicelb::run(controllers.clone()));
+    }
     if config.fake_nodes > 0 {
         tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, shutdown.clone()));
     }

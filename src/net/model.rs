@@ -1,0 +1,416 @@
+//! What rk keeps in its nf_tables table, as values that can be compared: chains
+//! of [`Rule`]s, the verdict maps that dispatch to them and the session-affinity
+//! sets, with the fixed skeleton every node has ([`skeleton`]) and the two ways
+//! of turning wanted state into one transaction: [`update`] (one Service's
+//! difference) and [`resync`] (everything, against what the kernel has).
+//!
+//! The layout follows kube-proxy's nftables mode: `services` maps
+//! `daddr . proto . dport` to a per-Service-port chain, `nodeports` maps
+//! `proto . dport` on local addresses to its external chain; a Service chain
+//! picks an endpoint chain with `numgen random`, and the endpoint chain DNATs.
+//! Traffic marked on the way is masqueraded in postrouting.
+
+use super::nft::{self, Action, BaseHook, Batch, CtKey, Expr, Header, Hook4, SetKind};
+use ipnet::Ipv4Net;
+use netlink_packet_netfilter::nftables::{MetaKey, Operator, Register};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// The packet mark bit asking for masquerade in postrouting (kube-proxy's).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+pub const REJECT_CHAIN: &str = "reject-chain";
+const SERVICES: &str = "services";
+const MASQUERADING: &str = "masquerading";
+/// `RTN_LOCAL`: `fib daddr type local`.
+const RTN_LOCAL: u32 = 2;
+/// `IPS_DST_NAT` in `ct status`.
+const IPS_DST_NAT: u32 = 0x20;
+/// The `new` bit of `ct state`.
+const CT_STATE_NEW: u32 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+}
+
+/// rk's verdict maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Map {
+    /// Cluster, external and load-balancer IPs with their ports → Service chains.
+    Services,
+    /// Node ports on any local address → external chains.
+    NodePorts,
+    /// Addresses of Services without endpoints → reject.
+    NoEndpointServices,
+    /// Node ports of Services without endpoints → reject.
+    NoEndpointNodePorts,
+}
+
+impl Map {
+    pub const ALL: [Map; 4] = [Map::Services, Map::NodePorts, Map::NoEndpointServices, Map::NoEndpointNodePorts];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Map::Services => "service-ips",
+            Map::NodePorts => "service-nodeports",
+            Map::NoEndpointServices => "no-endpoint-services",
+            Map::NoEndpointNodePorts => "no-endpoint-nodeports",
+        }
+    }
+
+    fn by_address(self) -> bool {
+        matches!(self, Map::Services | Map::NoEndpointServices)
+    }
+
+    fn declare(self, batch: &mut Batch) {
+        if self.by_address() {
+            batch.add_set(self.name(), &[nft::TYPE_IPV4_ADDR, nft::TYPE_INET_PROTO, nft::TYPE_INET_SERVICE], 12, SetKind::VerdictMap);
+        } else {
+            batch.add_set(self.name(), &[nft::TYPE_INET_PROTO, nft::TYPE_INET_SERVICE], 8, SetKind::VerdictMap);
+        }
+    }
+}
+
+/// A map key: `address . proto . port` or `proto . port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Address(Ipv4Addr, Protocol, u16),
+    Port(Protocol, u16),
+}
+
+impl Key {
+    /// The key as the kernel compares it: each field padded to 32 bits.
+    pub fn bytes(&self) -> Vec<u8> {
+        let proto_port = |p: Protocol, port: u16| {
+            let port = port.to_be_bytes();
+            [p.number(), 0, 0, 0, port[0], port[1], 0, 0]
+        };
+        match *self {
+            Key::Address(ip, p, port) => ip.octets().iter().copied().chain(proto_port(p, port)).collect(),
+            Key::Port(p, port) => proto_port(p, port).to_vec(),
+        }
+    }
+}
+
+/// One rule, by meaning; [`encode`] spells it in expressions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rule {
+    Jump(String),
+    Goto(String),
+    /// `[ct state new] ip daddr . meta l4proto . th dport vmap @map` for address
+    /// maps; `[ct state new] fib daddr type local meta l4proto . th dport vmap @map`
+    /// for port maps.
+    Dispatch { map: Map, new_only: bool },
+    /// `ip saddr != net jump mark-for-masquerade`: traffic from outside the pod network.
+    MasqueradeUnlessFrom(Ipv4Net),
+    /// `ip saddr == ip jump mark-for-masquerade`: an endpoint reaching itself.
+    MasqueradeIfFrom(Ipv4Addr),
+    /// `ip saddr @set goto chain`: a client seen recently goes where it went.
+    StickyGoto { set: String, chain: String },
+    /// `numgen random mod n vmap { i : goto chains[i] }` (a plain goto for one).
+    Balance(Vec<String>),
+    /// `update @set { ip saddr timeout <seconds>s }`.
+    RememberClient { set: String, timeout: u32 },
+    Dnat { address: Ipv4Addr, port: u16 },
+    /// `meta mark & MARK == 0 return`.
+    ReturnUnlessMarked,
+    /// `meta mark set meta mark ^ MARK` (after `ReturnUnlessMarked`: clears it).
+    ClearMark,
+    /// `meta mark set meta mark | MARK`.
+    SetMark,
+    Masquerade,
+    /// `meta l4proto tcp reject with tcp reset`.
+    RejectTcpWithReset,
+    /// `reject` (ICMP port unreachable).
+    Reject,
+    /// Drops packets for 127.0.0.0/8 from elsewhere unless DNATed: with
+    /// `route_localnet` on, nothing else would stop them (CVE-2020-8558).
+    DropLocalnetMartians,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub base: Option<BaseHook>,
+    pub rules: Vec<Rule>,
+}
+
+impl Chain {
+    pub fn regular(rules: Vec<Rule>) -> Self {
+        Self { base: None, rules }
+    }
+}
+
+/// A part of the table: its chains, affinity sets and map elements.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub chains: BTreeMap<String, Chain>,
+    /// Session-affinity sets of client addresses.
+    pub sets: BTreeSet<String>,
+    pub elements: BTreeMap<(Map, Key), String>,
+}
+
+impl Ruleset {
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.sets.is_empty() && self.elements.is_empty()
+    }
+
+    pub fn extend(&mut self, other: &Ruleset) {
+        self.chains.extend(other.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.sets.extend(other.sets.iter().cloned());
+        self.elements.extend(other.elements.iter().map(|(k, v)| (*k, v.clone())));
+    }
+}
+
+/// The chains every node has, whatever its Services: hooks into the packet
+/// path, dispatch, masquerading and rejection.
+pub fn skeleton() -> Ruleset {
+    let base = |kind, hook, priority, rules| Chain { base: Some(BaseHook { kind, hook, priority }), rules };
+    let dispatch = |map| Rule::Dispatch { map, new_only: true };
+    let chains = [
+        ("nat-prerouting", base("nat", Hook4::Prerouting, -100, vec![Rule::Jump(SERVICES.into())])),
+        ("nat-output", base("nat", Hook4::Output, -100, vec![Rule::Jump(SERVICES.into())])),
+        ("nat-postrouting", base("nat", Hook4::Postrouting, 100, vec![Rule::Jump(MASQUERADING.into())])),
+        (
+            "filter-input",
+            base(
+                "filter",
+                Hook4::Input,
+                -110,
+                vec![dispatch(Map::NoEndpointServices), dispatch(Map::NoEndpointNodePorts), Rule::DropLocalnetMartians],
+            ),
+        ),
+        ("filter-forward", base("filter", Hook4::Forward, -110, vec![dispatch(Map::NoEndpointServices)])),
+        ("filter-output", base("filter", Hook4::Output, -110, vec![dispatch(Map::NoEndpointServices), dispatch(Map::NoEndpointNodePorts)])),
+        (
+            SERVICES,
+            Chain::regular(vec![Rule::Dispatch { map: Map::Services, new_only: false }, Rule::Dispatch { map: Map::NodePorts, new_only: false }]),
+        ),
+        (MASQUERADING, Chain::regular(vec![Rule::ReturnUnlessMarked, Rule::ClearMark, Rule::Masquerade])),
+        (MARK_FOR_MASQUERADE, Chain::regular(vec![Rule::SetMark])),
+        (REJECT_CHAIN, Chain::regular(vec![Rule::RejectTcpWithReset, Rule::Reject])),
+    ];
+    Ruleset { chains: chains.into_iter().map(|(n, c)| (n.to_owned(), c)).collect(), ..Default::default() }
+}
+
+fn u32_host(v: u32) -> Vec<u8> {
+    v.to_ne_bytes().to_vec()
+}
+
+fn saddr() -> Expr {
+    nft::payload(Header::Network, 12, 4, Register::Reg1)
+}
+
+/// `reg1 = <32-bit host-order value>; reg1 & mask <op> value`.
+fn masked(load: Expr, mask: u32, op: Operator, value: u32) -> Vec<Expr> {
+    vec![load, nft::bitwise(Register::Reg1, Register::Reg1, u32_host(mask), u32_host(0)), nft::cmp(Register::Reg1, op, u32_host(value))]
+}
+
+/// An address under a prefix, in network byte order.
+fn prefix(load: Expr, net: Ipv4Net, op: Operator) -> Vec<Expr> {
+    vec![
+        load,
+        nft::bitwise(Register::Reg1, Register::Reg1, net.netmask().octets().to_vec(), vec![0; 4]),
+        nft::cmp(Register::Reg1, op, net.network().octets().to_vec()),
+    ]
+}
+
+/// The expressions of one rule. `Balance` adds its anonymous map to `batch`.
+pub fn encode(rule: &Rule, batch: &mut Batch) -> Vec<Expr> {
+    let mark = |chain: &str| nft::verdict(Action::Jump, Some(chain));
+    match rule {
+        Rule::Jump(chain) => vec![nft::verdict(Action::Jump, Some(chain))],
+        Rule::Goto(chain) => vec![nft::verdict(Action::Goto, Some(chain))],
+        Rule::Dispatch { map, new_only } => {
+            let mut out = if *new_only { masked(nft::ct(CtKey::State, Register::Reg1), CT_STATE_NEW, Operator::NotEqual, 0) } else { Vec::new() };
+            if map.by_address() {
+                out.push(nft::payload(Header::Network, 16, 4, Register::Reg32_00));
+                out.push(nft::meta(MetaKey::L4Proto, Register::Reg32_01));
+                out.push(nft::payload(Header::Transport, 2, 2, Register::Reg32_02));
+            } else {
+                out.push(nft::fib_daddr_type(Register::Reg1));
+                out.push(nft::cmp(Register::Reg1, Operator::Equal, u32_host(RTN_LOCAL)));
+                out.push(nft::meta(MetaKey::L4Proto, Register::Reg32_00));
+                out.push(nft::payload(Header::Transport, 2, 2, Register::Reg32_01));
+            }
+            out.push(nft::lookup(map.name(), None, Register::Reg1, Some(Register::Verdict)));
+            out
+        }
+        Rule::MasqueradeUnlessFrom(net) => {
+            let mut out = prefix(saddr(), *net, Operator::NotEqual);
+            out.push(mark(MARK_FOR_MASQUERADE));
+            out
+        }
+        Rule::MasqueradeIfFrom(ip) => vec![saddr(), nft::cmp(Register::Reg1, Operator::Equal, ip.octets().to_vec()), mark(MARK_FOR_MASQUERADE)],
+        Rule::StickyGoto { set, chain } => {
+            vec![saddr(), nft::lookup(set, None, Register::Reg1, None), nft::verdict(Action::Goto, Some(chain))]
+        }
+        Rule::Balance(chains) => match chains.as_slice() {
+            [one] => vec![nft::verdict(Action::Goto, Some(one))],
+            _ => batch.random_vmap(chains),
+        },
+        Rule::RememberClient { set, timeout } => vec![saddr(), nft::dynset_update(set, Register::Reg1, *timeout)],
+        Rule::Dnat { address, port } => vec![
+            nft::immediate(Register::Reg1, address.octets().to_vec()),
+            nft::immediate(Register::Reg2, port.to_be_bytes().to_vec()),
+            nft::dnat(Register::Reg1, Register::Reg2),
+        ],
+        Rule::ReturnUnlessMarked => {
+            let mut out = masked(nft::meta(MetaKey::Mark, Register::Reg1), MASQUERADE_MARK, Operator::Equal, 0);
+            out.push(nft::verdict(Action::Return, None));
+            out
+        }
+        Rule::ClearMark | Rule::SetMark => {
+            let mask = if matches!(rule, Rule::ClearMark) { u32::MAX } else { !MASQUERADE_MARK };
+            vec![
+                nft::meta(MetaKey::Mark, Register::Reg1),
+                nft::bitwise(Register::Reg1, Register::Reg1, u32_host(mask), u32_host(MASQUERADE_MARK)),
+                nft::meta_set(MetaKey::Mark, Register::Reg1),
+            ]
+        }
+        Rule::Masquerade => vec![nft::masquerade_fully_random()],
+        Rule::RejectTcpWithReset => vec![
+            nft::meta(MetaKey::L4Proto, Register::Reg1),
+            nft::cmp(Register::Reg1, Operator::Equal, vec![Protocol::Tcp.number()]),
+            nft::reject_tcp_reset(),
+        ],
+        Rule::Reject => vec![nft::reject_port_unreachable()],
+        Rule::DropLocalnetMartians => {
+            let loopback: Ipv4Net = "127.0.0.0/8".parse().expect("valid prefix");
+            let mut out = prefix(nft::payload(Header::Network, 16, 4, Register::Reg1), loopback, Operator::Equal);
+            out.extend(prefix(saddr(), loopback, Operator::NotEqual));
+            out.extend(masked(nft::ct(CtKey::Status, Register::Reg1), IPS_DST_NAT, Operator::Equal, 0));
+            out.push(nft::verdict(Action::Drop, None));
+            out
+        }
+    }
+}
+
+fn add_rules(batch: &mut Batch, name: &str, chain: &Chain) {
+    for rule in &chain.rules {
+        let expressions = encode(rule, batch);
+        batch.add_rule(name, expressions);
+    }
+}
+
+fn add_elements<'a>(batch: &mut Batch, elements: impl Iterator<Item = (&'a (Map, Key), &'a String)>) {
+    let mut by_map: BTreeMap<Map, Vec<(Vec<u8>, String)>> = BTreeMap::new();
+    for ((map, key), chain) in elements {
+        by_map.entry(*map).or_default().push((key.bytes(), chain.clone()));
+    }
+    for (map, elements) in by_map {
+        batch.add_map_elements(map.name(), &elements);
+    }
+}
+
+fn delete_elements<'a>(batch: &mut Batch, keys: impl Iterator<Item = &'a (Map, Key)>) {
+    let mut by_map: BTreeMap<Map, Vec<Vec<u8>>> = BTreeMap::new();
+    for (map, key) in keys {
+        by_map.entry(*map).or_default().push(key.bytes());
+    }
+    for (map, keys) in by_map {
+        batch.delete_elements(map.name(), &keys);
+    }
+}
+
+/// The transaction that turns `old` into `new`, touching only what differs.
+/// References go before what they reference is removed, and after it exists.
+pub fn update(batch: &mut Batch, old: &Ruleset, new: &Ruleset) {
+    let gone_or_changed = |(k, v): (&(Map, Key), &String)| new.elements.get(k) != Some(v);
+    delete_elements(batch, old.elements.iter().filter(|e| gone_or_changed(*e)).map(|(k, _)| k));
+    for (name, chain) in &old.chains {
+        if new.chains.get(name) != Some(chain) {
+            batch.flush_chain(name);
+        }
+    }
+    for name in old.chains.keys().filter(|n| !new.chains.contains_key(*n)) {
+        batch.delete_chain(name);
+    }
+    for name in old.sets.difference(&new.sets) {
+        batch.delete_set(name);
+    }
+    for name in new.sets.difference(&old.sets) {
+        batch.add_set(name, &[nft::TYPE_IPV4_ADDR], 4, SetKind::Dynamic);
+    }
+    for (name, chain) in &new.chains {
+        if !old.chains.contains_key(name) {
+            batch.add_chain(name, chain.base);
+        }
+    }
+    for (name, chain) in &new.chains {
+        if old.chains.get(name) != Some(chain) {
+            add_rules(batch, name, chain);
+        }
+    }
+    add_elements(batch, new.elements.iter().filter(|(k, v)| old.elements.get(*k) != Some(*v)));
+}
+
+/// What the kernel's table holds, as listed when the proxy starts.
+#[derive(Debug, Default)]
+pub struct Existing {
+    pub chains: BTreeSet<String>,
+    /// Named sets (anonymous ones go with their rules).
+    pub sets: BTreeSet<String>,
+}
+
+/// The transaction that makes the table exactly `wanted` whatever it held
+/// before: maps and existing chains are emptied and refilled, chains and sets
+/// nobody wants any more are deleted. Affinity sets that stay keep their entries.
+pub fn resync(batch: &mut Batch, existing: &Existing, wanted: &Ruleset) {
+    batch.add_table();
+    for map in Map::ALL {
+        map.declare(batch);
+        batch.flush_set(map.name());
+    }
+    for name in &existing.chains {
+        batch.flush_chain(name);
+    }
+    for name in existing.chains.iter().filter(|n| !wanted.chains.contains_key(*n)) {
+        batch.delete_chain(name);
+    }
+    let maps: BTreeSet<&str> = Map::ALL.iter().map(|m| m.name()).collect();
+    for name in existing.sets.iter().filter(|n| !wanted.sets.contains(*n) && !maps.contains(n.as_str())) {
+        batch.delete_set(name);
+    }
+    for name in &wanted.sets {
+        batch.add_set(name, &[nft::TYPE_IPV4_ADDR], 4, SetKind::Dynamic);
+    }
+    for (name, chain) in &wanted.chains {
+        if !existing.chains.contains(name) {
+            batch.add_chain(name, chain.base);
+        }
+    }
+    for (name, chain) in &wanted.chains {
+        add_rules(batch, name, chain);
+    }
+    add_elements(batch, wanted.elements.iter());
+}
