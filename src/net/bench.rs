@@ -5,12 +5,13 @@
 //! one resync, then new Services one transaction each, from the Service and its
 //! EndpointSlice to the kernel's answer.
 
-use super::model::{self, Existing, Ruleset};
+use super::model::{Ruleset, Tables};
 use super::netlink::Nfnetlink;
 use super::nft::Batch;
 use super::services::{self, Context};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -57,19 +58,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Programs `existing` Services, then times `samples` more one by one.
 fn measure(netlink: &mut Nfnetlink, existing: u32, samples: u32, ctx: &Context) -> Result<(), Error> {
+    let tables = Tables::new(TABLE);
     let started = Instant::now();
-    let mut all = model::skeleton();
-    for i in 0..existing {
-        all.extend(&rules(i, ctx));
-    }
+    let services: Vec<(String, Ruleset)> = (0..existing).map(|i| (format!("bench/svc-{i}"), rules(i, ctx))).collect();
     let mut batch = Batch::new(TABLE);
-    model::resync(&mut batch, &Existing::default(), &all);
+    tables.resync(&mut batch, &BTreeMap::new(), services.iter().map(|(k, r)| (k.as_str(), r)));
     let built = started.elapsed();
     netlink.apply(batch.ops())?;
+    let chains: usize = services.iter().map(|(_, r)| r.chains.len()).sum();
     println!(
-        "{existing} Services ({} chains, {} map elements): full resync {} ({} messages, built in {})",
-        all.chains.len(),
-        all.elements.len(),
+        "{existing} Services ({chains} chains in {} tables): full resync {} ({} messages, built in {})",
+        tables.shards.len() + 1,
         ms(started.elapsed()),
         batch.ops().len(),
         ms(built)
@@ -79,8 +78,9 @@ fn measure(netlink: &mut Nfnetlink, existing: u32, samples: u32, ctx: &Context) 
     for i in existing..existing + samples {
         let t = Instant::now();
         let new = rules(i, ctx);
+        let key = format!("bench/svc-{i}");
         let mut batch = Batch::new(TABLE);
-        model::update(&mut batch, &Ruleset::default(), &new);
+        tables.update(&mut batch, &key, &Ruleset::default(), &new);
         netlink.apply(batch.ops())?;
         added.push(t.elapsed());
         // One endpoint of the new Service goes away.
@@ -89,7 +89,7 @@ fn measure(netlink: &mut Nfnetlink, existing: u32, samples: u32, ctx: &Context) 
         slice.endpoints.pop();
         let fewer = services::service_rules(&service, &[slice], ctx);
         let mut batch = Batch::new(TABLE);
-        model::update(&mut batch, &new, &fewer);
+        tables.update(&mut batch, &key, &new, &fewer);
         netlink.apply(batch.ops())?;
         changed.push(t.elapsed());
     }
@@ -103,7 +103,10 @@ fn measure(netlink: &mut Nfnetlink, existing: u32, samples: u32, ctx: &Context) 
     );
     println!("  one endpoint removed from it:                 p50 {} / p99 {}", ms(percentile(&changed, 0.5)), ms(percentile(&changed, 0.99)));
     let mut batch = Batch::new(TABLE);
-    batch.delete_table();
+    for table in tables.all() {
+        batch.use_table(table);
+        batch.delete_table();
+    }
     netlink.apply(batch.ops())?;
     Ok(())
 }

@@ -10,7 +10,8 @@
 //! - [`servicelb`]: gives LoadBalancer Services the nodes' addresses (k3s's ServiceLB role).
 //! - [`bench`]: `rk bench proxy`, the cost of programming one Service among many.
 //!
-//! All rules live in `table ip rk`; nothing else in the ruleset is touched.
+//! All rules live in rk's own tables, `table ip rk` and its Service shards
+//! `table ip rk-services-NN`; nothing else in the ruleset is touched.
 
 pub mod bench;
 pub mod model;
@@ -26,7 +27,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// The table rk's proxy owns.
+/// The name of rk's shared table, and the prefix of its Service shards.
 pub const TABLE: &str = "rk";
 
 #[derive(Clone, Debug)]
@@ -54,7 +55,7 @@ pub async fn run(informers: Arc<Informers>, options: ProxyOptions, shutdown: Can
     let slices = informers.get::<EndpointSlice>();
     let controller = Controller::new("service-proxy", 1).owns_kind(&services).watch(&slices, proxier::slice_keys);
     let context = services::Context { cluster_cidr: options.cluster_cidr };
-    let proxier = proxier::Proxier::new(netlink, services, slices, context, TABLE, controller.queue());
+    let proxier = proxier::Proxier::new(netlink, services, slices, context, model::Tables::new(TABLE), controller.queue());
     tracing::info!(table = TABLE, "service proxy programming nf_tables");
     controller.run(Arc::new(proxier), shutdown).await;
 }

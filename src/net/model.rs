@@ -1,14 +1,21 @@
-//! What rk keeps in its nf_tables table, as values that can be compared: chains
-//! of [`Rule`]s, the verdict maps that dispatch to them and the session-affinity
-//! sets, with the fixed skeleton every node has ([`skeleton`]) and the two ways
-//! of turning wanted state into one transaction: [`update`] (one Service's
-//! difference) and [`resync`] (everything, against what the kernel has).
+//! What rk keeps in nf_tables, as values that can be compared: chains of
+//! [`Rule`]s, the verdict maps that dispatch to them, the load-balancing maps
+//! and the session-affinity sets; the fixed skeletons of rk's tables; and the
+//! two ways of turning wanted state into one transaction: [`update`] (one
+//! Service's difference) and [`resync`] (everything, against what the kernel has).
 //!
-//! The layout follows kube-proxy's nftables mode: `services` maps
-//! `daddr . proto . dport` to a per-Service-port chain, `nodeports` maps
+//! The layout follows kube-proxy's nftables mode: `service-ips` maps
+//! `daddr . proto . dport` to a per-Service-port chain, `service-nodeports` maps
 //! `proto . dport` on local addresses to its external chain; a Service chain
-//! picks an endpoint chain with `numgen random`, and the endpoint chain DNATs.
-//! Traffic marked on the way is masqueraded in postrouting.
+//! picks an endpoint chain with `numgen random mod n vmap @lb/…`, and the
+//! endpoint chain DNATs. Traffic marked on the way is masqueraded in postrouting.
+//!
+//! Services are spread over [`SHARDS`] tables (`rk-services-NN`), each with its
+//! own NAT hooks and maps, because the kernel re-validates every chain reachable
+//! from a table's hooks on each transaction that adds a jump: the cost of one
+//! Service's update grows with its table, not with the cluster. The table `rk`
+//! holds what is shared: rejection of Services without endpoints, masquerading,
+//! and the localhost guard.
 
 use super::nft::{self, Action, BaseHook, Batch, CtKey, Expr, Header, Hook4, SetKind};
 use ipnet::Ipv4Net;
@@ -19,6 +26,8 @@ use std::net::Ipv4Addr;
 /// The packet mark bit asking for masquerade in postrouting (kube-proxy's).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+/// Tables Services are spread over.
+pub const SHARDS: usize = 16;
 pub const REJECT_CHAIN: &str = "reject-chain";
 const SERVICES: &str = "services";
 const MASQUERADING: &str = "masquerading";
@@ -92,6 +101,11 @@ impl Map {
         matches!(self, Map::Services | Map::NoEndpointServices)
     }
 
+    /// Whether the map lives in the shared table rather than a Service shard.
+    pub fn shared(self) -> bool {
+        matches!(self, Map::NoEndpointServices | Map::NoEndpointNodePorts)
+    }
+
     fn declare(self, batch: &mut Batch) {
         if self.by_address() {
             batch.add_set(self.name(), &[nft::TYPE_IPV4_ADDR, nft::TYPE_INET_PROTO, nft::TYPE_INET_SERVICE], 12, SetKind::VerdictMap);
@@ -137,8 +151,8 @@ pub enum Rule {
     MasqueradeIfFrom(Ipv4Addr),
     /// `ip saddr @set goto chain`: a client seen recently goes where it went.
     StickyGoto { set: String, chain: String },
-    /// `numgen random mod n vmap { i : goto chains[i] }` (a plain goto for one).
-    Balance(Vec<String>),
+    /// `numgen random mod size vmap @map`, a load-balancing map.
+    Balance { map: String, size: u32 },
     /// `update @set { ip saddr timeout <seconds>s }`.
     RememberClient { set: String, timeout: u32 },
     Dnat { address: Ipv4Addr, port: u16 },
@@ -176,29 +190,37 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Chain>,
     /// Session-affinity sets of client addresses.
     pub sets: BTreeSet<String>,
+    /// Load-balancing maps: element `i` jumps to chain `i`.
+    pub balancers: BTreeMap<String, Vec<String>>,
     pub elements: BTreeMap<(Map, Key), String>,
 }
 
 impl Ruleset {
     pub fn is_empty(&self) -> bool {
-        self.chains.is_empty() && self.sets.is_empty() && self.elements.is_empty()
+        self.chains.is_empty() && self.sets.is_empty() && self.balancers.is_empty() && self.elements.is_empty()
+    }
+
+    /// The part that goes to the shared table (rejections) and the rest.
+    pub fn split_shared(mut self) -> (Ruleset, Ruleset) {
+        let (shared, own) = std::mem::take(&mut self.elements).into_iter().partition(|((map, _), _)| map.shared());
+        self.elements = own;
+        (Ruleset { elements: shared, ..Default::default() }, self)
     }
 
     pub fn extend(&mut self, other: &Ruleset) {
         self.chains.extend(other.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.sets.extend(other.sets.iter().cloned());
+        self.balancers.extend(other.balancers.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.elements.extend(other.elements.iter().map(|(k, v)| (*k, v.clone())));
     }
 }
 
-/// The chains every node has, whatever its Services: hooks into the packet
-/// path, dispatch, masquerading and rejection.
-pub fn skeleton() -> Ruleset {
+/// The shared table's chains: rejection of Services without endpoints,
+/// masquerading, and the localhost guard.
+pub fn shared_skeleton() -> Ruleset {
     let base = |kind, hook, priority, rules| Chain { base: Some(BaseHook { kind, hook, priority }), rules };
     let dispatch = |map| Rule::Dispatch { map, new_only: true };
     let chains = [
-        ("nat-prerouting", base("nat", Hook4::Prerouting, -100, vec![Rule::Jump(SERVICES.into())])),
-        ("nat-output", base("nat", Hook4::Output, -100, vec![Rule::Jump(SERVICES.into())])),
         ("nat-postrouting", base("nat", Hook4::Postrouting, 100, vec![Rule::Jump(MASQUERADING.into())])),
         (
             "filter-input",
@@ -211,15 +233,28 @@ pub fn skeleton() -> Ruleset {
         ),
         ("filter-forward", base("filter", Hook4::Forward, -110, vec![dispatch(Map::NoEndpointServices)])),
         ("filter-output", base("filter", Hook4::Output, -110, vec![dispatch(Map::NoEndpointServices), dispatch(Map::NoEndpointNodePorts)])),
-        (
-            SERVICES,
-            Chain::regular(vec![Rule::Dispatch { map: Map::Services, new_only: false }, Rule::Dispatch { map: Map::NodePorts, new_only: false }]),
-        ),
         (MASQUERADING, Chain::regular(vec![Rule::ReturnUnlessMarked, Rule::ClearMark, Rule::Masquerade])),
-        (MARK_FOR_MASQUERADE, Chain::regular(vec![Rule::SetMark])),
         (REJECT_CHAIN, Chain::regular(vec![Rule::RejectTcpWithReset, Rule::Reject])),
     ];
     Ruleset { chains: chains.into_iter().map(|(n, c)| (n.to_owned(), c)).collect(), ..Default::default() }
+}
+
+/// A Service shard's chains: its NAT hooks dispatching through its maps.
+pub fn shard_skeleton() -> Ruleset {
+    let base = |hook| Chain { base: Some(BaseHook { kind: "nat", hook, priority: -100 }), rules: vec![Rule::Jump(SERVICES.into())] };
+    let dispatch = |map| Rule::Dispatch { map, new_only: false };
+    let chains = [
+        ("nat-prerouting", base(Hook4::Prerouting)),
+        ("nat-output", base(Hook4::Output)),
+        (SERVICES, Chain::regular(vec![dispatch(Map::Services), dispatch(Map::NodePorts)])),
+        (MARK_FOR_MASQUERADE, Chain::regular(vec![Rule::SetMark])),
+    ];
+    Ruleset { chains: chains.into_iter().map(|(n, c)| (n.to_owned(), c)).collect(), ..Default::default() }
+}
+
+/// The maps a table declares.
+pub fn maps(shared: bool) -> impl Iterator<Item = Map> {
+    Map::ALL.into_iter().filter(move |m| m.shared() == shared)
 }
 
 fn u32_host(v: u32) -> Vec<u8> {
@@ -244,8 +279,8 @@ fn prefix(load: Expr, net: Ipv4Net, op: Operator) -> Vec<Expr> {
     ]
 }
 
-/// The expressions of one rule. `Balance` adds its anonymous map to `batch`.
-pub fn encode(rule: &Rule, batch: &mut Batch) -> Vec<Expr> {
+/// The expressions of one rule.
+pub fn encode(rule: &Rule) -> Vec<Expr> {
     let mark = |chain: &str| nft::verdict(Action::Jump, Some(chain));
     match rule {
         Rule::Jump(chain) => vec![nft::verdict(Action::Jump, Some(chain))],
@@ -274,10 +309,9 @@ pub fn encode(rule: &Rule, batch: &mut Batch) -> Vec<Expr> {
         Rule::StickyGoto { set, chain } => {
             vec![saddr(), nft::lookup(set, None, Register::Reg1, None), nft::verdict(Action::Goto, Some(chain))]
         }
-        Rule::Balance(chains) => match chains.as_slice() {
-            [one] => vec![nft::verdict(Action::Goto, Some(one))],
-            _ => batch.random_vmap(chains),
-        },
+        Rule::Balance { map, size } => {
+            vec![nft::numgen_random(*size, Register::Reg1), nft::lookup(map, None, Register::Reg1, Some(Register::Verdict))]
+        }
         Rule::RememberClient { set, timeout } => vec![saddr(), nft::dynset_update(set, Register::Reg1, *timeout)],
         Rule::Dnat { address, port } => vec![
             nft::immediate(Register::Reg1, address.octets().to_vec()),
@@ -317,8 +351,7 @@ pub fn encode(rule: &Rule, batch: &mut Batch) -> Vec<Expr> {
 
 fn add_rules(batch: &mut Batch, name: &str, chain: &Chain) {
     for rule in &chain.rules {
-        let expressions = encode(rule, batch);
-        batch.add_rule(name, expressions);
+        batch.add_rule(name, encode(rule));
     }
 }
 
@@ -342,14 +375,31 @@ fn delete_elements<'a>(batch: &mut Batch, keys: impl Iterator<Item = &'a (Map, K
     }
 }
 
-/// The transaction that turns `old` into `new`, touching only what differs.
-/// References go before what they reference is removed, and after it exists.
+fn add_balancer(batch: &mut Batch, name: &str, chains: &[String]) {
+    let elements: Vec<(Vec<u8>, String)> = chains.iter().enumerate().map(|(i, c)| ((i as u32).to_ne_bytes().to_vec(), c.clone())).collect();
+    batch.add_map_elements(name, &elements);
+}
+
+fn declare_balancer(batch: &mut Batch, name: &str) {
+    batch.add_set(name, &[nft::TYPE_INTEGER], 4, SetKind::VerdictMap);
+}
+
+/// The transaction that turns `old` into `new` in the batch's current table,
+/// touching only what differs. What refers to an object goes before the object
+/// is removed, and comes after it exists.
 pub fn update(batch: &mut Batch, old: &Ruleset, new: &Ruleset) {
     let gone_or_changed = |(k, v): (&(Map, Key), &String)| new.elements.get(k) != Some(v);
     delete_elements(batch, old.elements.iter().filter(|e| gone_or_changed(*e)).map(|(k, _)| k));
     for (name, chain) in &old.chains {
         if new.chains.get(name) != Some(chain) {
             batch.flush_chain(name);
+        }
+    }
+    for (name, chains) in &old.balancers {
+        match new.balancers.get(name) {
+            None => batch.delete_set(name),
+            Some(c) if c != chains => batch.flush_set(name),
+            Some(_) => {}
         }
     }
     for name in old.chains.keys().filter(|n| !new.chains.contains_key(*n)) {
@@ -366,6 +416,14 @@ pub fn update(batch: &mut Batch, old: &Ruleset, new: &Ruleset) {
             batch.add_chain(name, chain.base);
         }
     }
+    for (name, chains) in &new.balancers {
+        if old.balancers.get(name) != Some(chains) {
+            if !old.balancers.contains_key(name) {
+                declare_balancer(batch, name);
+            }
+            add_balancer(batch, name, chains);
+        }
+    }
     for (name, chain) in &new.chains {
         if old.chains.get(name) != Some(chain) {
             add_rules(batch, name, chain);
@@ -374,32 +432,37 @@ pub fn update(batch: &mut Batch, old: &Ruleset, new: &Ruleset) {
     add_elements(batch, new.elements.iter().filter(|(k, v)| old.elements.get(*k) != Some(*v)));
 }
 
-/// What the kernel's table holds, as listed when the proxy starts.
+/// What a table holds, as listed when the proxy starts.
 #[derive(Debug, Default)]
 pub struct Existing {
     pub chains: BTreeSet<String>,
-    /// Named sets (anonymous ones go with their rules).
     pub sets: BTreeSet<String>,
 }
 
-/// The transaction that makes the table exactly `wanted` whatever it held
-/// before: maps and existing chains are emptied and refilled, chains and sets
-/// nobody wants any more are deleted. Affinity sets that stay keep their entries.
-pub fn resync(batch: &mut Batch, existing: &Existing, wanted: &Ruleset) {
+/// The transaction that makes the batch's current table exactly `wanted`
+/// (declaring the maps `maps`), whatever it held before: maps and existing
+/// chains are emptied and refilled; chains and sets nobody wants any more are
+/// deleted. Affinity sets that stay keep their entries.
+pub fn resync(batch: &mut Batch, existing: &Existing, wanted: &Ruleset, maps: impl Iterator<Item = Map>) {
     batch.add_table();
-    for map in Map::ALL {
+    let mut declared = BTreeSet::new();
+    for map in maps {
         map.declare(batch);
         batch.flush_set(map.name());
+        declared.insert(map.name());
     }
     for name in &existing.chains {
         batch.flush_chain(name);
     }
+    for name in existing.sets.iter().filter(|n| !declared.contains(n.as_str())) {
+        if wanted.balancers.contains_key(name) {
+            batch.flush_set(name);
+        } else if !wanted.sets.contains(name) {
+            batch.delete_set(name);
+        }
+    }
     for name in existing.chains.iter().filter(|n| !wanted.chains.contains_key(*n)) {
         batch.delete_chain(name);
-    }
-    let maps: BTreeSet<&str> = Map::ALL.iter().map(|m| m.name()).collect();
-    for name in existing.sets.iter().filter(|n| !wanted.sets.contains(*n) && !maps.contains(n.as_str())) {
-        batch.delete_set(name);
     }
     for name in &wanted.sets {
         batch.add_set(name, &[nft::TYPE_IPV4_ADDR], 4, SetKind::Dynamic);
@@ -409,8 +472,63 @@ pub fn resync(batch: &mut Batch, existing: &Existing, wanted: &Ruleset) {
             batch.add_chain(name, chain.base);
         }
     }
+    for (name, chains) in &wanted.balancers {
+        declare_balancer(batch, name);
+        add_balancer(batch, name, chains);
+    }
     for (name, chain) in &wanted.chains {
         add_rules(batch, name, chain);
     }
     add_elements(batch, wanted.elements.iter());
+}
+
+/// rk's tables: the shared one and the Service shards.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    pub shared: String,
+    pub shards: Vec<String>,
+}
+
+impl Tables {
+    /// `prefix` and `prefix-services-00` … for `SHARDS` shards.
+    pub fn new(prefix: &str) -> Self {
+        Self { shared: prefix.to_owned(), shards: (0..SHARDS).map(|i| format!("{prefix}-services-{i:02}")).collect() }
+    }
+
+    /// The shard table of the Service `key` (FNV-1a, stable across restarts).
+    pub fn shard_of(&self, key: &str) -> &str {
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        &self.shards[(hash % self.shards.len() as u64) as usize]
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.shared.as_str()).chain(self.shards.iter().map(String::as_str))
+    }
+
+    /// One Service's change: its shard's part and the shared part, in one batch.
+    pub fn update(&self, batch: &mut Batch, key: &str, old: &Ruleset, new: &Ruleset) {
+        let (old_shared, old_own) = old.clone().split_shared();
+        let (new_shared, new_own) = new.clone().split_shared();
+        batch.use_table(self.shard_of(key));
+        update(batch, &old_own, &new_own);
+        batch.use_table(&self.shared);
+        update(batch, &old_shared, &new_shared);
+    }
+
+    /// Every table made exactly what `services` (by key) want, in one batch.
+    /// `existing` is what each table holds now, by table name.
+    pub fn resync<'a>(&self, batch: &mut Batch, existing: &BTreeMap<String, Existing>, services: impl Iterator<Item = (&'a str, &'a Ruleset)>) {
+        let mut wanted: BTreeMap<&str, Ruleset> = self.shards.iter().map(|t| (t.as_str(), shard_skeleton())).collect();
+        wanted.insert(&self.shared, shared_skeleton());
+        for (key, rules) in services {
+            let (shared, own) = rules.clone().split_shared();
+            wanted.get_mut(self.shard_of(key)).expect("every shard is wanted").extend(&own);
+            wanted.get_mut(self.shared.as_str()).expect("the shared table is wanted").extend(&shared);
+        }
+        let none = Existing::default();
+        for (table, rules) in &wanted {
+            batch.use_table(table);
+            resync(batch, existing.get(*table).unwrap_or(&none), rules, maps(*table == self.shared));
+        }
+    }
 }

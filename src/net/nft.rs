@@ -231,6 +231,11 @@ impl Batch {
         Self { table: table.to_owned(), ops: Vec::new(), next_set_id: 1 }
     }
 
+    /// The table the following messages are for (one transaction may span tables).
+    pub fn use_table(&mut self, table: &str) {
+        table.clone_into(&mut self.table);
+    }
+
     pub fn ops(&self) -> &[Op] {
         &self.ops
     }
@@ -329,10 +334,6 @@ impl Batch {
 
     /// Adds `key → goto chain` elements to a verdict map.
     pub fn add_map_elements(&mut self, map: &str, elements: &[(Vec<u8>, String)]) {
-        self.map_elements(map, None, elements);
-    }
-
-    fn map_elements(&mut self, map: &str, set_id: Option<u32>, elements: &[(Vec<u8>, String)]) {
         for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
             let list = chunk
                 .iter()
@@ -343,9 +344,7 @@ impl Batch {
                     ])
                 })
                 .collect();
-            let mut attributes = vec![SetElementList::Table(self.table.clone()), SetElementList::Set(map.to_owned())];
-            attributes.extend(set_id.map(SetElementList::SetId));
-            attributes.push(SetElementList::Elements(list));
+            let attributes = vec![SetElementList::Table(self.table.clone()), SetElementList::Set(map.to_owned()), SetElementList::Elements(list)];
             self.push(NfTablesMessage::NewSetElement(SetElementMessage { attributes }), NLM_F_CREATE, || {
                 format!("adding elements to map {map}")
             });
@@ -359,26 +358,5 @@ impl Batch {
             let attributes = vec![SetElementList::Table(self.table.clone()), SetElementList::Set(set.to_owned()), SetElementList::Elements(list)];
             self.push(NfTablesMessage::DeleteSetElement(SetElementMessage { attributes }), 0, || format!("removing elements from set {set}"));
         }
-    }
-
-    /// An anonymous constant map from `0..chains.len()` to `goto chain`, bound
-    /// to the rule that looks it up: returns the expressions of that lookup
-    /// (`numgen random mod n vmap { 0 : goto …, 1 : goto … }`).
-    pub fn random_vmap(&mut self, chains: &[String]) -> Vec<Expr> {
-        const NAME: &str = "__map%d";
-        let id = self.take_set_id();
-        let attributes = vec![
-            SetAttribute::Table(self.table.clone()),
-            SetAttribute::Name(NAME.to_owned()),
-            SetAttribute::Flags(SetFlags::Anonymous | SetFlags::Constant | SetFlags::Map),
-            SetAttribute::KeyType(TYPE_INTEGER),
-            SetAttribute::KeyLen(4),
-            SetAttribute::DataType(NFT_DATA_VERDICT),
-            SetAttribute::Id(id),
-        ];
-        self.push(NfTablesMessage::NewSet(SetMessage { attributes }), NLM_F_CREATE, || "creating a load-balancing map".into());
-        let elements: Vec<(Vec<u8>, String)> = chains.iter().enumerate().map(|(i, c)| ((i as u32).to_ne_bytes().to_vec(), c.clone())).collect();
-        self.map_elements(NAME, Some(id), &elements);
-        vec![numgen_random(chains.len() as u32, Register::Reg1), lookup(NAME, Some(id), Register::Reg1, Some(Register::Verdict))]
     }
 }

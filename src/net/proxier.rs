@@ -5,7 +5,7 @@
 //! rebuilds the whole table from the cache against what the kernel lists, so a
 //! restart removes whatever no Service wants any more.
 
-use super::model::{self, Existing, Key, Map, Ruleset};
+use super::model::{Existing, Key, Map, Ruleset, Tables};
 use super::netlink::{Error as NetlinkError, Nfnetlink};
 use super::nft::Batch;
 use super::services::{self, SERVICE_NAME_LABEL};
@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use netlink_packet_netfilter::nftables::{ChainAttribute, ChainMessage, NfTablesMessage, SetAttribute, SetMessage};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -55,7 +55,7 @@ pub struct Proxier {
     services: Informer<Service>,
     slices: Informer<EndpointSlice>,
     context: services::Context,
-    table: String,
+    tables: Tables,
     queue: Arc<WorkQueue>,
     state: tokio::sync::Mutex<State>,
 }
@@ -66,11 +66,11 @@ impl Proxier {
         services: Informer<Service>,
         slices: Informer<EndpointSlice>,
         context: services::Context,
-        table: &str,
+        tables: Tables,
         queue: Arc<WorkQueue>,
     ) -> Self {
         let state = State { netlink, programmed: HashMap::new(), owners: HashMap::new(), waiting: HashMap::new(), in_sync: false };
-        Self { services, slices, context, table: table.to_owned(), queue, state: tokio::sync::Mutex::new(state) }
+        Self { services, slices, context, tables, queue, state: tokio::sync::Mutex::new(state) }
     }
 
     /// What the Service named `key` wants, less the map keys others hold.
@@ -109,30 +109,28 @@ impl Proxier {
         }
     }
 
-    /// Rebuilds the whole table from the cache in one transaction.
+    /// Rebuilds every table from the cache in one transaction.
     fn resync(&self, state: &mut State) -> Result<(), NetlinkError> {
         let started = Instant::now();
-        let existing = list_table(&mut state.netlink, &self.table)?;
+        let mut existing = BTreeMap::new();
+        for table in self.tables.all() {
+            existing.insert(table.to_owned(), list_table(&mut state.netlink, table)?);
+        }
         state.programmed.clear();
         state.owners.clear();
         state.waiting.clear();
         let mut keys: Vec<String> = self.services.list().iter().map(|s| key_of(s.as_ref())).collect();
         keys.sort();
-        let mut all = model::skeleton();
         for key in keys {
             let rules = self.wanted(&key, state);
-            all.extend(&rules);
             self.record(&key, rules, state);
         }
-        let mut batch = Batch::new(&self.table);
-        model::resync(&mut batch, &existing, &all);
+        let mut batch = Batch::new(&self.tables.shared);
+        self.tables.resync(&mut batch, &existing, state.programmed.iter().map(|(k, r)| (k.as_str(), r)));
         state.netlink.apply(batch.ops())?;
         state.in_sync = true;
         tracing::info!(
-            table = %self.table,
             services = state.programmed.len(),
-            chains = all.chains.len(),
-            stale_chains = existing.chains.iter().filter(|c| !all.chains.contains_key(*c)).count(),
             messages = batch.ops().len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "service proxy rules rebuilt"
@@ -180,8 +178,8 @@ impl Reconciler for Proxier {
         if wanted == old {
             return Ok(Next::Done);
         }
-        let mut batch = Batch::new(&self.table);
-        model::update(&mut batch, &old, &wanted);
+        let mut batch = Batch::new(&self.tables.shared);
+        self.tables.update(&mut batch, key, &old, &wanted);
         if let Err(e) = state.netlink.apply(batch.ops()) {
             state.in_sync = false;
             return Err(format!("programming Service {key}: {e}").into());

@@ -123,7 +123,14 @@ pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], c
             out.chains.insert(chain.clone(), Chain::regular(rules));
             endpoint_chains.push(chain);
         }
-        service_rules.push(Rule::Balance(endpoint_chains));
+        match endpoint_chains.as_slice() {
+            [only] => service_rules.push(Rule::Goto(only.clone())),
+            _ => {
+                let map = format!("lb/{id}");
+                service_rules.push(Rule::Balance { map: map.clone(), size: endpoint_chains.len() as u32 });
+                out.balancers.insert(map, endpoint_chains);
+            }
+        }
         out.chains.insert(service_chain.clone(), Chain::regular(service_rules));
         for (map, key, is_external) in keys {
             let target = if is_external {
@@ -244,11 +251,9 @@ mod tests {
         assert_eq!(rules.chains["ext/ns/web/tcp/80"].rules, [Rule::Jump(MARK_FOR_MASQUERADE.into()), Rule::Goto("svc/ns/web/tcp/80".into())]);
         assert_eq!(
             rules.chains["svc/ns/web/tcp/80"].rules,
-            [
-                Rule::MasqueradeUnlessFrom(ctx().cluster_cidr),
-                Rule::Balance(vec!["ep/ns/web/tcp/80/10.42.0.2:8080".into(), "ep/ns/web/tcp/80/10.42.0.3:8080".into()])
-            ]
+            [Rule::MasqueradeUnlessFrom(ctx().cluster_cidr), Rule::Balance { map: "lb/ns/web/tcp/80".into(), size: 2 }]
         );
+        assert_eq!(rules.balancers["lb/ns/web/tcp/80"], ["ep/ns/web/tcp/80/10.42.0.2:8080", "ep/ns/web/tcp/80/10.42.0.3:8080"]);
         assert_eq!(rules.chains["ep/ns/web/tcp/80/10.42.0.3:8080"].rules[0], Rule::MasqueradeIfFrom("10.42.0.3".parse().unwrap()));
     }
 
