@@ -216,9 +216,20 @@ async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator:
             not_ready_addresses: None,
         }]),
     };
-    let api = kube::Api::<Endpoints>::namespaced(client, "default");
+    let api = kube::Api::<Endpoints>::namespaced(client.clone(), "default");
     let params = kube::api::PatchParams::apply("rk-server").force();
     api.patch("kubernetes", &params, &kube::api::Patch::Apply(&endpoints)).await.map_err(|e| format!("publishing the kubernetes Endpoints: {e}"))?;
+    // The EndpointSlice service proxies read, as the API server keeps it upstream.
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": { "name": "kubernetes", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
+        "addressType": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{ "addresses": [ip.to_string()], "conditions": { "ready": true } }],
+        "ports": [{ "name": "https", "port": port, "protocol": "TCP" }],
+    });
+    let slices = kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client, "default");
+    slices.patch("kubernetes", &params, &kube::api::Patch::Apply(&slice)).await.map_err(|e| format!("publishing the kubernetes EndpointSlice: {e}"))?;
     Ok(())
 }
 

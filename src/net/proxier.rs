@@ -150,7 +150,10 @@ pub fn list_table(netlink: &mut Nfnetlink, table: &str) -> Result<Existing, Netl
             existing.chains.insert(name.clone());
         }
     }
-    let sets = netlink.dump(NfTablesMessage::GetSet(SetMessage { attributes: vec![SetAttribute::Table(table.to_owned())] }))?;
+    let sets = match netlink.dump(NfTablesMessage::GetSet(SetMessage { attributes: vec![SetAttribute::Table(table.to_owned())] })) {
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(existing), // no such table yet
+        other => other?,
+    };
     for message in sets {
         let NfTablesMessage::NewSet(set) = message else { continue };
         let in_table = set.attributes.iter().any(|a| matches!(a, SetAttribute::Table(t) if t == table));
@@ -170,7 +173,10 @@ impl Reconciler for Proxier {
         let mut state = self.state.lock().await;
         let state = &mut *state;
         if !state.in_sync {
-            self.resync(state)?;
+            if let Err(e) = self.resync(state) {
+                tracing::warn!(error = %e, "rebuilding the service proxy's rules failed; retrying");
+                return Err(e.into());
+            }
             return Ok(Next::Done);
         }
         let wanted = self.wanted(key, state);
@@ -181,8 +187,9 @@ impl Reconciler for Proxier {
         let mut batch = Batch::new(&self.tables.shared);
         self.tables.update(&mut batch, key, &old, &wanted);
         if let Err(e) = state.netlink.apply(batch.ops()) {
+            tracing::warn!(service = key, error = %e, "programming a Service failed; the rules will be rebuilt");
             state.in_sync = false;
-            return Err(format!("programming Service {key}: {e}").into());
+            return Err(e.into());
         }
         self.record(key, wanted, state);
         Ok(Next::Done)

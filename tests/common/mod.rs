@@ -15,6 +15,8 @@ pub struct Server {
     args: Vec<String>,
     /// The port of the first start, kept across restarts so clients can reconnect.
     port: u16,
+    /// Whether the service proxy programs this host's nf_tables (off unless a test opts in).
+    pub proxy: bool,
 }
 
 impl Server {
@@ -25,7 +27,16 @@ impl Server {
 
     pub fn start_with(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0 };
+        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0, proxy: false };
+        server.spawn();
+        server
+    }
+
+    /// Starts `rk server` with its service proxy, which programs the nf_tables
+    /// of the network namespace the calling thread is in (root only).
+    pub fn start_with_proxy(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0, proxy: true };
         server.spawn();
         server
     }
@@ -44,6 +55,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_rk"))
             .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", &self.port.to_string()])
             .args(&self.args)
+            .args((!self.proxy).then_some("--disable-proxy"))
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--write-kubeconfig")
