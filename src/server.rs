@@ -203,10 +203,15 @@ async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator:
         }),
         status: None,
     };
-    match kube::Api::<Service>::namespaced(client.clone(), "default").create(&kube::api::PostParams::default(), &service).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(format!("creating the kubernetes Service: {e}").into()),
+    let services = kube::Api::<Service>::namespaced(client.clone(), "default");
+    // Look first: creating it again would fail on its cluster IP before its name.
+    let existing = services.get_opt("kubernetes").await.map_err(|e| format!("reading the kubernetes Service: {e}"))?;
+    if existing.is_none() {
+        match services.create(&kube::api::PostParams::default(), &service).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(format!("creating the kubernetes Service: {e}").into()),
+        }
     }
     let endpoints = Endpoints {
         metadata: meta,
