@@ -532,3 +532,107 @@ impl Tables {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::Emitable;
+    use netlink_packet_netfilter::nftables::NfTablesMessage;
+
+    fn kinds(batch: &Batch) -> Vec<String> {
+        batch.ops().iter().map(|op| op.what.clone()).collect()
+    }
+
+    fn service(endpoints: &[&str]) -> Ruleset {
+        let chains: Vec<String> = endpoints.iter().map(|e| format!("ep/{e}")).collect();
+        let mut rules = Ruleset::default();
+        for (chain, e) in chains.iter().zip(endpoints) {
+            rules.chains.insert(chain.clone(), Chain::regular(vec![Rule::Dnat { address: e.parse().unwrap(), port: 80 }]));
+        }
+        rules.chains.insert("svc/x".into(), Chain::regular(vec![Rule::Balance { map: "lb/x".into(), size: chains.len() as u32 }]));
+        rules.balancers.insert("lb/x".into(), chains);
+        rules.elements.insert((Map::Services, Key::Address("10.43.0.9".parse().unwrap(), Protocol::Tcp, 80)), "svc/x".into());
+        rules
+    }
+
+    #[test]
+    fn map_keys_pad_each_field_to_32_bits_in_network_order() {
+        assert_eq!(Key::Address("10.43.0.9".parse().unwrap(), Protocol::Udp, 53).bytes(), [10, 43, 0, 9, 17, 0, 0, 0, 0, 53, 0, 0]);
+        assert_eq!(Key::Port(Protocol::Tcp, 30080).bytes(), [6, 0, 0, 0, 0x75, 0x80, 0, 0]);
+    }
+
+    #[test]
+    fn an_unchanged_service_needs_no_messages() {
+        let mut batch = Batch::new("t");
+        update(&mut batch, &service(&["10.42.0.2", "10.42.0.3"]), &service(&["10.42.0.2", "10.42.0.3"]));
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn removing_an_endpoint_touches_only_its_chains_and_unhooks_before_deleting() {
+        let mut batch = Batch::new("t");
+        update(&mut batch, &service(&["10.42.0.2", "10.42.0.3"]), &service(&["10.42.0.2"]));
+        assert_eq!(
+            kinds(&batch),
+            [
+                "flushing chain ep/10.42.0.3",
+                "flushing chain svc/x",
+                "flushing set lb/x",
+                "deleting chain ep/10.42.0.3",
+                "adding elements to map lb/x",
+                "adding a rule to chain svc/x",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_service_creates_chains_before_the_maps_that_jump_to_them() {
+        let mut batch = Batch::new("t");
+        update(&mut batch, &Ruleset::default(), &service(&["10.42.0.2", "10.42.0.3"]));
+        let what = kinds(&batch);
+        let position = |w: &str| what.iter().position(|x| x == w).unwrap_or_else(|| panic!("{w} in {what:?}"));
+        assert!(position("creating chain ep/10.42.0.2") < position("adding elements to map lb/x"));
+        assert!(position("creating set lb/x") < position("adding a rule to chain svc/x"));
+        assert!(position("adding a rule to chain svc/x") < position("adding elements to map service-ips"));
+    }
+
+    #[test]
+    fn dnat_loads_address_and_port_into_registers_the_nat_expression_reads() {
+        let rule = encode(&Rule::Dnat { address: "10.42.0.7".parse().unwrap(), port: 8080 });
+        let mut buffer = vec![0; rule.as_slice().buffer_len()];
+        rule.as_slice().emit(&mut buffer);
+        let find = |needle: &[u8]| buffer.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"immediate\0") && find(b"nat\0"));
+        assert!(find(&[10, 42, 0, 7]), "the address in network order");
+        assert!(find(&8080u16.to_be_bytes()), "the port in network order");
+        // NFTA_NAT_TYPE = NFT_NAT_DNAT, NFTA_NAT_FAMILY = NFPROTO_IPV4
+        assert!(find(&[8, 0, 1, 0, 0, 0, 0, 1, 8, 0, 2, 0, 0, 0, 0, 2]));
+    }
+
+    #[test]
+    fn a_resync_flushes_what_exists_and_deletes_what_nobody_wants() {
+        let existing = Existing {
+            chains: ["services", "svc/stale", "svc/x"].into_iter().map(String::from).collect(),
+            sets: ["service-ips", "lb/stale", "lb/x"].into_iter().map(String::from).collect(),
+        };
+        let mut wanted = shard_skeleton();
+        wanted.extend(&service(&["10.42.0.2", "10.42.0.3"]));
+        let mut batch = Batch::new("t");
+        resync(&mut batch, &existing, &wanted, maps(false));
+        let what = kinds(&batch);
+        let position = |w: &str| what.iter().position(|x| x == w).unwrap_or_else(|| panic!("{w} in {what:?}"));
+        assert!(position("flushing set service-ips") < position("deleting chain svc/stale"));
+        assert!(position("deleting set lb/stale") < position("deleting chain svc/stale"));
+        assert!(what.contains(&"flushing set lb/x".to_owned()) && !what.contains(&"deleting set lb/x".to_owned()));
+        assert!(!what.contains(&"creating chain svc/x".to_owned()), "existing chains are refilled, not recreated");
+        assert!(matches!(batch.ops()[0].message, NfTablesMessage::NewTable(_)));
+    }
+
+    #[test]
+    fn services_stay_in_their_shard() {
+        let tables = Tables::new("rk");
+        assert_eq!(tables.shard_of("default/web"), tables.shard_of("default/web"));
+        let used: BTreeSet<&str> = (0..200).map(|i| tables.shard_of(&format!("ns/svc-{i}"))).collect();
+        assert_eq!(used.len(), SHARDS, "keys spread over every shard");
+    }
+}

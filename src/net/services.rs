@@ -180,7 +180,10 @@ mod tests {
         }
     }
 
-    fn slice(ports: Vec<(&str, i32, &str)>, endpoints: Vec<(&str, Option<bool>, Option<bool>, Option<bool>)>) -> EndpointSlice {
+    /// An endpoint: address, then its ready, serving and terminating conditions.
+    type Conditions<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
+
+    fn slice(ports: Vec<(&str, i32, &str)>, endpoints: Vec<Conditions>) -> EndpointSlice {
         EndpointSlice {
             metadata: Default::default(),
             address_type: "IPv4".into(),
