@@ -46,7 +46,7 @@ pub(crate) fn start_server(args: &[&str]) -> Result<(ServerProcess, Duration), E
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     let started = Instant::now();
     let child = Command::new(std::env::current_exe()?)
-        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0"])
+        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--disable-proxy"])
         .args(args)
         .arg("--data-dir")
         .arg(dir.path().join("data"))

@@ -10,6 +10,7 @@
 //!   DaemonSets, StatefulSets, …).
 //! - [`node`]: the node agent (pods as Docker containers), and the fake nodes used to
 //!   exercise the control plane.
+//! - [`net`]: the service proxy: Services programmed into nf_tables over netlink.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event
 //!   recorder that the scheduler, controllers and node agent share.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod controllers;
+pub mod net;
 pub mod node;
 pub mod pki;
 pub mod runtime;

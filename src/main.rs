@@ -40,6 +40,15 @@ struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Time to program one new Service into nf_tables on top of N existing ones (root; private network namespace)
+    Proxy {
+        /// Existing Services to measure on top of (comma-separated)
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        services: Vec<u32>,
+        /// New Services timed at each size
+        #[arg(long, default_value_t = 50)]
+        samples: u32,
+    },
     /// Pod start latency (create -> Running) on the embedded node agent, next to `docker run -d` (needs Docker and tools/test-images.sh)
     Pods {
         /// Pods to start
@@ -108,6 +117,10 @@ struct ServerArgs {
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
+
+    /// Do not program Services into this host's nf_tables (no service proxy, no ServiceLB)
+    #[arg(long)]
+    disable_proxy: bool,
 }
 
 fn main() {
@@ -123,6 +136,7 @@ fn main() {
             Command::Bench(BenchArgs { what: Some(BenchWhat::Pods { pods, image }), .. }) => {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
             Command::Bench(args) => {
                 rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
             }
@@ -158,6 +172,7 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
             rk::node::AgentConfig::new(&node_name, data_dir.clone())
         }),
+        proxy: !args.disable_proxy,
     }
 }
 

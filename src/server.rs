@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub service_ranges: crate::api::allocator::Ranges,
     /// The embedded node agent for this machine; `None` runs no agent.
     pub agent: Option<crate::node::AgentConfig>,
+    /// Run the service proxy (nf_tables rules for Services) on this host.
+    pub proxy: bool,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -112,6 +114,11 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         cluster_ca: pki.ca_pem().to_owned(),
     };
     crate::controllers::start(&controllers, &mut tasks);
+    if config.proxy {
+        let options = crate::net::ProxyOptions { cluster_cidr: config.controllers.cluster_cidr };
+        tasks.spawn(crate::net::run(controllers.informers.clone(), options, shutdown.clone()));
+        tasks.spawn(crate::net::servicelb::run(controllers.clone()));
+    }
     if config.fake_nodes > 0 {
         let renew_every = crate::node::fake::lease_renew_interval(config.controllers.node_monitor_grace_period);
         tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, renew_every, shutdown.clone()));
@@ -209,10 +216,15 @@ async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator:
         }),
         status: None,
     };
-    match kube::Api::<Service>::namespaced(client.clone(), "default").create(&kube::api::PostParams::default(), &service).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(format!("creating the kubernetes Service: {e}").into()),
+    let services = kube::Api::<Service>::namespaced(client.clone(), "default");
+    // Look first: creating it again would fail on its cluster IP before its name.
+    let existing = services.get_opt("kubernetes").await.map_err(|e| format!("reading the kubernetes Service: {e}"))?;
+    if existing.is_none() {
+        match services.create(&kube::api::PostParams::default(), &service).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(format!("creating the kubernetes Service: {e}").into()),
+        }
     }
     let endpoints = Endpoints {
         metadata: meta,
@@ -222,9 +234,20 @@ async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator:
             not_ready_addresses: None,
         }]),
     };
-    let api = kube::Api::<Endpoints>::namespaced(client, "default");
+    let api = kube::Api::<Endpoints>::namespaced(client.clone(), "default");
     let params = kube::api::PatchParams::apply("rk-server").force();
     api.patch("kubernetes", &params, &kube::api::Patch::Apply(&endpoints)).await.map_err(|e| format!("publishing the kubernetes Endpoints: {e}"))?;
+    // The EndpointSlice service proxies read, as the API server keeps it upstream.
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": { "name": "kubernetes", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
+        "addressType": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{ "addresses": [ip.to_string()], "conditions": { "ready": true } }],
+        "ports": [{ "name": "https", "port": port, "protocol": "TCP" }],
+    });
+    let slices = kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client, "default");
+    slices.patch("kubernetes", &params, &kube::api::Patch::Apply(&slice)).await.map_err(|e| format!("publishing the kubernetes EndpointSlice: {e}"))?;
     Ok(())
 }
 

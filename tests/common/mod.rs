@@ -17,6 +17,8 @@ pub struct Server {
     port: u16,
     /// The embedded node agent's node name, if it runs one.
     pub node: Option<String>,
+    /// Whether the service proxy programs this host's nf_tables (off unless a test opts in).
+    pub proxy: bool,
 }
 
 impl Server {
@@ -29,7 +31,7 @@ impl Server {
     pub fn start_with(args: &[&str]) -> Server {
         let mut all = vec!["--disable-agent"];
         all.extend_from_slice(args);
-        Self::launch(&all, None)
+        Self::launch(&all, None, false)
     }
 
     /// Starts `rk server` with its embedded node agent on Docker, under a node
@@ -39,12 +41,20 @@ impl Server {
         let node = format!("rk-test-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         let mut all = vec!["--node-name", node.as_str()];
         all.extend_from_slice(args);
-        Self::launch(&all, Some(node.clone()))
+        Self::launch(&all, Some(node.clone()), false)
     }
 
-    fn launch(args: &[&str], node: Option<String>) -> Server {
+    /// Starts `rk server` (no node agent) with its service proxy, which programs
+    /// the nf_tables of the network namespace the calling thread is in (root only).
+    pub fn start_with_proxy(args: &[&str]) -> Server {
+        let mut all = vec!["--disable-agent"];
+        all.extend_from_slice(args);
+        Self::launch(&all, None, true)
+    }
+
+    fn launch(args: &[&str], node: Option<String>, proxy: bool) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0, node };
+        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0, node, proxy };
         server.spawn();
         server
     }
@@ -63,6 +73,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_rk"))
             .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", &self.port.to_string()])
             .args(&self.args)
+            .args((!self.proxy).then_some("--disable-proxy"))
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--write-kubeconfig")
