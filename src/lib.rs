@@ -8,6 +8,7 @@
 //!   revisioned watch log, on sled.
 //! - [`controllers`]: the controller manager's control loops (ReplicaSets, Deployments,
 //!   DaemonSets, StatefulSets, …).
+//! - [`net`]: the cluster DNS and the ingress proxy.
 //! - [`node`]: the node agent; today the fake nodes used to exercise the control plane.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event
@@ -18,6 +19,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod controllers;
+pub mod net;
 pub mod node;
 pub mod pki;
 pub mod runtime;

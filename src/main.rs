@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use rk::server::{self, ServerConfig};
 use rk::store::StoreOptions;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,6 +85,26 @@ struct ServerArgs {
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
+
+    /// Do not run the cluster DNS
+    #[arg(long)]
+    disable_dns: bool,
+
+    /// Where the cluster DNS listens (UDP and TCP); pods reach it through the kube-dns Service
+    #[arg(long, default_value = "0.0.0.0:53", value_name = "IP:PORT")]
+    dns_listen: SocketAddr,
+
+    /// The cluster DNS zone
+    #[arg(long, default_value = "cluster.local", value_name = "DOMAIN")]
+    cluster_domain: String,
+
+    /// The nameserver pods are given [default: the tenth address of --service-cidr, the kube-dns Service]
+    #[arg(long, value_name = "IP")]
+    cluster_dns: Option<IpAddr>,
+
+    /// Where names outside the cluster are forwarded (repeatable) [default: the host's resolvers]
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_dns_server)]
+    dns_upstream: Vec<SocketAddr>,
 }
 
 fn main() {
@@ -109,6 +129,7 @@ fn main() {
 }
 
 fn server_config(args: ServerArgs) -> ServerConfig {
+    let ranges = rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range };
     ServerConfig {
         data_dir: args.data_dir.unwrap_or_else(server::default_data_dir),
         bind_address: args.bind_address,
@@ -126,8 +147,20 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             ..Default::default()
         },
         fake_nodes: args.fake_nodes,
-        service_ranges: rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range },
+        dns: rk::net::dns::DnsOptions {
+            enabled: !args.disable_dns,
+            listen: args.dns_listen,
+            cluster_domain: args.cluster_domain,
+            cluster_dns: args.cluster_dns.unwrap_or_else(|| IpAddr::V4(ranges.dns_service_ip())),
+            upstreams: args.dns_upstream,
+        },
+        service_ranges: ranges,
     }
+}
+
+/// A DNS server address; port 53 unless given.
+fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>().or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))).map_err(|_| format!("{s} is not an IP or IP:PORT"))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

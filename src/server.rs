@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub fake_nodes: usize,
     /// Where Service cluster IPs and node ports come from.
     pub service_ranges: crate::api::allocator::Ranges,
+    /// The cluster DNS.
+    pub dns: crate::net::dns::DnsOptions,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -110,6 +112,9 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         cluster_ca: pki.ca_pem().to_owned(),
     };
     crate::controllers::start(&controllers, &mut tasks);
+    if config.dns.enabled {
+        start_dns(config, &app, &controllers.informers, shutdown.clone(), &mut tasks).await;
+    }
     if config.fake_nodes > 0 {
         let renew_every = crate::node::fake::lease_renew_interval(config.controllers.node_monitor_grace_period);
         tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, renew_every, shutdown.clone()));
@@ -174,46 +179,27 @@ async fn bootstrap(app: &axum::Router) -> Result<(), Error> {
 /// The `kubernetes` Service in `default`, at the first address of the service
 /// range, with Endpoints pointing at this server, as the API server keeps them.
 async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator::Ranges, ip: IpAddr, port: u16) -> Result<(), Error> {
-    use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec};
+    use crate::net::node_service::{NodePort, NodeService, publish};
     let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
-    let meta = kube::api::ObjectMeta {
-        name: Some("kubernetes".into()),
-        namespace: Some("default".into()),
-        labels: Some([("component".to_owned(), "apiserver".to_owned()), ("provider".to_owned(), "kubernetes".to_owned())].into()),
-        ..Default::default()
+    let ports = [NodePort { name: "https", protocol: "TCP", port: 443, target: port }];
+    let labels = [("component", "apiserver"), ("provider", "kubernetes")];
+    let service = NodeService { namespace: "default", name: "kubernetes", labels: &labels, cluster_ip: IpAddr::V4(ranges.api_service_ip()), address: ip, ports: &ports };
+    Ok(publish(&client, &service).await?)
+}
+
+/// Starts the cluster DNS and publishes its Service. A DNS that cannot listen
+/// (port 53 taken, no privilege) is reported, not fatal: the rest of the
+/// cluster works without it.
+async fn start_dns(config: &ServerConfig, app: &axum::Router, informers: &crate::runtime::Informers, shutdown: CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
+    let dns_ip = config.service_ranges.dns_service_ip();
+    let address = match crate::net::dns::start(&config.dns, informers, dns_ip, shutdown, tasks).await {
+        Ok(address) => address,
+        Err(e) => return tracing::error!(error = %e, "cluster DNS not started; set --dns-listen or --disable-dns"),
     };
-    let service = Service {
-        metadata: meta.clone(),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(ranges.api_service_ip().to_string()),
-            ports: Some(vec![ServicePort {
-                name: Some("https".into()),
-                port: 443,
-                protocol: Some("TCP".into()),
-                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(port))),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    };
-    match kube::Api::<Service>::namespaced(client.clone(), "default").create(&kube::api::PostParams::default(), &service).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(format!("creating the kubernetes Service: {e}").into()),
+    let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
+    if let Err(e) = crate::net::dns::publish_service(&client, dns_ip, api_endpoint(address.ip()), address.port()).await {
+        tracing::error!(error = %e, "the kube-dns Service could not be published");
     }
-    let endpoints = Endpoints {
-        metadata: meta,
-        subsets: Some(vec![EndpointSubset {
-            addresses: Some(vec![EndpointAddress { ip: ip.to_string(), ..Default::default() }]),
-            ports: Some(vec![EndpointPort { name: Some("https".into()), port: i32::from(port), protocol: Some("TCP".into()), app_protocol: None }]),
-            not_ready_addresses: None,
-        }]),
-    };
-    let api = kube::Api::<Endpoints>::namespaced(client, "default");
-    let params = kube::api::PatchParams::apply("rk-server").force();
-    api.patch("kubernetes", &params, &kube::api::Patch::Apply(&endpoints)).await.map_err(|e| format!("publishing the kubernetes Endpoints: {e}"))?;
-    Ok(())
 }
 
 /// The address pods reach this server at: the bound one, or the host's

@@ -23,9 +23,18 @@ impl Server {
         Self::start_with(&[])
     }
 
+    /// Starts `rk server` with extra arguments. The node's network services
+    /// (DNS on port 53, ingress on 80/443) stay off unless a test asks for them
+    /// with their flags, so parallel servers do not compete for those ports.
     pub fn start_with(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0 };
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        for (prefixes, off) in [(["--dns", "--disable-dns"], "--disable-dns"), (["--ingress", "--disable-ingress"], "--disable-ingress")] {
+            if !args.iter().any(|a| prefixes.iter().any(|p| a.starts_with(p))) {
+                args.push(off.to_owned());
+            }
+        }
+        let mut server = Server { child: None, dir, url: String::new(), args, port: 0 };
         server.spawn();
         server
     }
