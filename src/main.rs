@@ -105,6 +105,18 @@ struct ServerArgs {
     /// Where names outside the cluster are forwarded (repeatable) [default: the host's resolvers]
     #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_dns_server)]
     dns_upstream: Vec<SocketAddr>,
+
+    /// Do not run the ingress proxy
+    #[arg(long)]
+    disable_ingress: bool,
+
+    /// Where the ingress proxy serves HTTP
+    #[arg(long, default_value = "0.0.0.0:80", value_name = "IP:PORT")]
+    ingress_http: SocketAddr,
+
+    /// Where the ingress proxy serves HTTPS
+    #[arg(long, default_value = "0.0.0.0:443", value_name = "IP:PORT")]
+    ingress_https: SocketAddr,
 }
 
 fn main() {
@@ -154,6 +166,7 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             cluster_dns: args.cluster_dns.unwrap_or_else(|| IpAddr::V4(ranges.dns_service_ip())),
             upstreams: args.dns_upstream,
         },
+        ingress: rk::net::ingress::IngressOptions { enabled: !args.disable_ingress, http: args.ingress_http, https: args.ingress_https },
         service_ranges: ranges,
     }
 }

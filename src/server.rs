@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub service_ranges: crate::api::allocator::Ranges,
     /// The cluster DNS.
     pub dns: crate::net::dns::DnsOptions,
+    /// The ingress proxy.
+    pub ingress: crate::net::ingress::IngressOptions,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -114,6 +116,9 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     crate::controllers::start(&controllers, &mut tasks);
     if config.dns.enabled {
         start_dns(config, &app, &controllers.informers, shutdown.clone(), &mut tasks).await;
+    }
+    if config.ingress.enabled {
+        start_ingress(config, &app, &controllers.informers, shutdown.clone(), &mut tasks).await;
     }
     if config.fake_nodes > 0 {
         let renew_every = crate::node::fake::lease_renew_interval(config.controllers.node_monitor_grace_period);
@@ -199,6 +204,15 @@ async fn start_dns(config: &ServerConfig, app: &axum::Router, informers: &crate:
     let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
     if let Err(e) = crate::net::dns::publish_service(&client, dns_ip, api_endpoint(address.ip()), address.port()).await {
         tracing::error!(error = %e, "the kube-dns Service could not be published");
+    }
+}
+
+/// Starts the ingress proxy; like the DNS, one that cannot listen is reported, not fatal.
+async fn start_ingress(config: &ServerConfig, app: &axum::Router, informers: &Arc<crate::runtime::Informers>, shutdown: CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
+    let client = crate::client::in_process(app.clone(), Identity::system("rk-ingress"));
+    let address = api_endpoint(config.ingress.http.ip());
+    if let Err(e) = crate::net::ingress::start(&config.ingress, client, informers.clone(), address, shutdown, tasks).await {
+        tracing::error!(error = %e, "ingress proxy not started; set --ingress-http/--ingress-https or --disable-ingress");
     }
 }
 

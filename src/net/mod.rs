@@ -2,4 +2,5 @@
 //! that put a cluster IP in front of listeners of the node itself.
 
 pub mod dns;
+pub mod ingress;
 pub mod node_service;
