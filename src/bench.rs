@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod dns;
+
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to measure, and how much.
@@ -38,12 +40,15 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server() -> Result<(ServerProcess, Duration), Error> {
+/// Starts `rk server` on loopback with `extra` arguments.
+fn start_server(extra: &[&str]) -> Result<(ServerProcess, Duration), Error> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     let started = Instant::now();
     let child = Command::new(std::env::current_exe()?)
-        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--data-dir"])
+        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--write-kubeconfig")
         .arg(&kubeconfig)
@@ -175,7 +180,7 @@ async fn watch_latency(client: &kube::Client, watchers: usize, writes: usize) ->
 }
 
 pub async fn run(options: BenchOptions) -> Result<(), Error> {
-    let (server, startup) = start_server()?;
+    let (server, startup) = start_server(&["--disable-dns", "--disable-ingress"])?;
     let pid = server.child.id();
     let client = client(&server.kubeconfig).await?;
     let ready = Instant::now();

@@ -19,12 +19,14 @@ struct Cli {
 enum Command {
     /// Run a cluster: the store, the API server and the control plane, in one process
     Server(ServerArgs),
-    /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory
+    /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory (`rk bench dns`: DNS query latency)
     Bench(BenchArgs),
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
+    #[command(subcommand)]
+    target: Option<BenchTarget>,
     /// Seconds each create phase runs
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -34,6 +36,19 @@ struct BenchArgs {
     /// Writes whose delivery to every watcher is timed
     #[arg(long, default_value_t = 200)]
     watched_writes: usize,
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Cluster DNS query latency (p50/p99) and queries/s over UDP
+    Dns {
+        /// Queries timed per kind of name
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Concurrent clients for the queries/s figure
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -129,6 +144,9 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(args)).await,
+            Command::Bench(BenchArgs { target: Some(BenchTarget::Dns { queries, concurrency }), .. }) => {
+                rk::bench::dns::run(rk::bench::dns::DnsBenchOptions { queries, concurrency }).await
+            }
             Command::Bench(args) => {
                 rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
             }
