@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a cluster: the store, the API server and the control plane, in one process
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory (`rk bench dns`: DNS query latency)
     Bench(BenchArgs),
 }
@@ -143,7 +143,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(server_config(args)).await,
+            Command::Server(args) => server::run(server_config(*args)).await,
             Command::Bench(BenchArgs { target: Some(BenchTarget::Dns { queries, concurrency }), .. }) => {
                 rk::bench::dns::run(rk::bench::dns::DnsBenchOptions { queries, concurrency }).await
             }

@@ -138,7 +138,7 @@ fn services_resolve_to_their_cluster_ip_with_srv_for_named_ports() {
     assert_eq!(addresses(&cluster.answered("kubernetes.default.svc.cluster.local.", RecordType::A)), ["10.43.0.1"]);
     cluster.apply("web.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80}, {name: metrics, port: 9090, protocol: TCP}]\n");
     let ip = kubectl_jsonpath(&cluster.server, &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
-    assert_eq!(addresses(&cluster.answered("web.default.svc.cluster.local.", RecordType::A)), [ip.clone()]);
+    assert_eq!(addresses(&cluster.answered("web.default.svc.cluster.local.", RecordType::A)), std::slice::from_ref(&ip));
 
     let srv = cluster.answered("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
     let RData::SRV(record) = &srv.answers[0].data else { panic!("an SRV record: {srv:?}") };
@@ -187,7 +187,7 @@ fn headless_services_resolve_to_ready_endpoints_and_pod_hostnames() {
     let mut both = vec![ip0.clone(), ip1.clone()];
     both.sort();
     assert!(eventually(TIMEOUT, || cluster.query("db.default.svc.cluster.local.", RecordType::A).is_some_and(|m| addresses(&m) == both)));
-    assert_eq!(addresses(&cluster.answered("db-0.db.default.svc.cluster.local.", RecordType::A)), [ip0.clone()]);
+    assert_eq!(addresses(&cluster.answered("db-0.db.default.svc.cluster.local.", RecordType::A)), std::slice::from_ref(&ip0));
 
     let srv = cluster.answered("_pg._tcp.db.default.svc.cluster.local.", RecordType::SRV);
     let mut targets: Vec<String> = srv.answers.iter().filter_map(|r| match &r.data { RData::SRV(s) => Some(format!("{} {}", s.target, s.port)), _ => None }).collect();

@@ -6,12 +6,14 @@
 //! carries pods' queries to 10.43.0.10:53 here. `resolv` renders pods'
 //! resolv.conf for the node agent.
 
+mod authority;
 mod cluster;
 pub mod resolv;
 mod reverse;
 mod zone;
 
 use crate::runtime::Informers;
+use authority::Authority;
 use cluster::Cluster;
 use hickory_server::Server;
 use hickory_server::proto::rr::{LowerName, Name};
@@ -58,12 +60,18 @@ impl DnsOptions {
         }
     }
 
-    /// The servers names outside the zone are forwarded to.
+    /// The servers names outside the zone are forwarded to, never this
+    /// server itself (a host whose resolv.conf names 127.0.0.1 would loop).
     fn upstream_servers(&self) -> Vec<SocketAddr> {
-        if !self.upstreams.is_empty() {
-            return self.upstreams.clone();
-        }
-        self.pod_dns().host.upstream_addresses().into_iter().map(|ip| SocketAddr::new(ip, 53)).collect()
+        let servers = if self.upstreams.is_empty() {
+            self.pod_dns().host.upstream_addresses().into_iter().map(|ip| SocketAddr::new(ip, 53)).collect()
+        } else {
+            self.upstreams.clone()
+        };
+        let listen = self.listen;
+        let localhost = |ip: IpAddr| ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        let is_self = |s: &SocketAddr| *s == listen || (listen.ip().is_unspecified() && s.port() == listen.port() && localhost(s.ip()));
+        servers.into_iter().filter(|s| !is_self(s)).collect()
     }
 }
 
@@ -112,13 +120,14 @@ pub async fn start(
 /// then upstream), and the root, forwarded.
 fn catalog(cluster: Arc<Cluster>, dns_service_ip: Ipv4Addr, upstream: Option<Arc<dyn ZoneHandler>>) -> Catalog {
     let mut catalog = Catalog::new();
+    let origin = LowerName::new(&cluster.domain);
     let zone = zone::ClusterZone::new(cluster.clone(), dns_service_ip, upstream.clone());
-    catalog.upsert(LowerName::new(&cluster.domain), vec![Arc::new(zone)]);
+    catalog.upsert(origin.clone(), vec![Arc::new(Authority::new(origin, zone))]);
     for tree in REVERSE_ZONES {
-        let origin = Name::from_ascii(tree).expect("reverse zone names are valid");
-        let mut chain: Vec<Arc<dyn ZoneHandler>> = vec![Arc::new(reverse::ReverseZone::new(origin.clone(), cluster.clone()))];
+        let origin = LowerName::new(&Name::from_ascii(tree).expect("reverse zone names are valid"));
+        let mut chain: Vec<Arc<dyn ZoneHandler>> = vec![Arc::new(Authority::new(origin.clone(), reverse::ReverseZone::new(cluster.clone())))];
         chain.extend(upstream.clone());
-        catalog.upsert(LowerName::new(&origin), chain);
+        catalog.upsert(origin, chain);
     }
     if let Some(upstream) = upstream {
         catalog.upsert(LowerName::new(&Name::root()), vec![upstream]);
@@ -155,4 +164,22 @@ pub async fn publish_service(client: &kube::Client, cluster_ip: Ipv4Addr, addres
     ];
     let labels = [("k8s-app", "kube-dns"), ("kubernetes.io/cluster-service", "true"), ("kubernetes.io/name", "rk-dns")];
     publish(client, &NodeService { namespace: "kube-system", name: "kube-dns", labels: &labels, cluster_ip: IpAddr::V4(cluster_ip), address, ports: &ports }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_never_forwards_to_itself() {
+        let options = DnsOptions {
+            enabled: true,
+            listen: "0.0.0.0:53".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+            cluster_dns: "10.43.0.10".parse().unwrap(),
+            upstreams: ["127.0.0.1:53", "192.0.2.1:53", "127.0.0.1:5353"].iter().map(|s| s.parse().unwrap()).collect(),
+        };
+        let kept: Vec<String> = options.upstream_servers().iter().map(ToString::to_string).collect();
+        assert_eq!(kept, ["192.0.2.1:53", "127.0.0.1:5353"]);
+    }
 }

@@ -4,24 +4,22 @@
 //! answers. Any other address is skipped, so the next handler in the chain
 //! (the upstream forwarder) answers it, like the plugin's `fallthrough`.
 
+use super::authority::{Answers, found};
 use super::cluster::Cluster;
-use super::zone::{TTL, found, search_by_lookup};
+use super::zone::TTL;
 use hickory_server::proto::rr::rdata::PTR;
-use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType, TSigResponseContext};
-use hickory_server::server::{Request, RequestInfo};
-use hickory_server::zone_handler::{AuthLookup, AxfrPolicy, LookupControlFlow, LookupOptions, ZoneHandler, ZoneType};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::zone_handler::{AuthLookup, LookupControlFlow};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 pub struct ReverseZone {
-    origin: LowerName,
     cluster: Arc<Cluster>,
 }
 
 impl ReverseZone {
-    /// A handler for one reverse tree (`in-addr.arpa.` or `ip6.arpa.`).
-    pub fn new(origin: Name, cluster: Arc<Cluster>) -> Self {
-        Self { origin: LowerName::new(&origin), cluster }
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
     }
 }
 
@@ -32,20 +30,8 @@ fn address_of(name: &Name) -> Option<IpAddr> {
 }
 
 #[async_trait::async_trait]
-impl ZoneHandler for ReverseZone {
-    fn zone_type(&self) -> ZoneType {
-        ZoneType::Primary
-    }
-
-    fn axfr_policy(&self) -> AxfrPolicy {
-        AxfrPolicy::Deny
-    }
-
-    fn origin(&self) -> &LowerName {
-        &self.origin
-    }
-
-    async fn lookup(&self, name: &LowerName, rtype: RecordType, _: Option<&RequestInfo<'_>>, _: LookupOptions) -> LookupControlFlow<AuthLookup> {
+impl Answers for ReverseZone {
+    async fn answer(&self, name: &LowerName, rtype: RecordType) -> LookupControlFlow<AuthLookup> {
         if rtype != RecordType::PTR {
             return LookupControlFlow::Skip;
         }
@@ -56,14 +42,6 @@ impl ZoneHandler for ReverseZone {
             return LookupControlFlow::Skip;
         }
         found(targets.into_iter().map(|t| Record::from_rdata(name.clone(), TTL, RData::PTR(PTR(t)))).collect(), Vec::new())
-    }
-
-    async fn search(&self, request: &Request, options: LookupOptions) -> (LookupControlFlow<AuthLookup>, Option<TSigResponseContext>) {
-        search_by_lookup(self, request, options).await
-    }
-
-    async fn nsec_records(&self, _: &LowerName, _: LookupOptions) -> LookupControlFlow<AuthLookup> {
-        LookupControlFlow::Skip
     }
 }
 

@@ -5,12 +5,11 @@
 //! NXDOMAIN (with the SOA) for everything else under the zone.
 
 use super::cluster::{Cluster, Endpoint, Shape, undashed};
+use super::authority::{Answers, found, refused};
+use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
-use hickory_server::server::{Request, RequestInfo};
-use hickory_server::zone_handler::{AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, LookupRecords, ZoneHandler, ZoneType};
-use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::TSigResponseContext;
+use hickory_server::zone_handler::{AuthLookup, LookupControlFlow, LookupError, LookupOptions, ZoneHandler};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -80,7 +79,6 @@ struct Target {
 pub type Upstream = Arc<dyn ZoneHandler>;
 
 pub struct ClusterZone {
-    origin: LowerName,
     cluster: Arc<Cluster>,
     /// The cluster DNS Service address, which `ns.dns.<zone>` names.
     dns_ip: Ipv4Addr,
@@ -89,7 +87,7 @@ pub struct ClusterZone {
 
 impl ClusterZone {
     pub fn new(cluster: Arc<Cluster>, dns_ip: Ipv4Addr, upstream: Option<Upstream>) -> Self {
-        Self { origin: LowerName::new(&cluster.domain), cluster, dns_ip, upstream }
+        Self { cluster, dns_ip, upstream }
     }
 
     fn soa(&self) -> Record {
@@ -100,7 +98,7 @@ impl ClusterZone {
         Record::from_rdata(domain.clone(), TTL, RData::SOA(SOA::new(name_server, mailbox, serial, 7200, 1800, 86400, TTL)))
     }
 
-    async fn answer(&self, name: &Name, rtype: RecordType, depth: usize) -> Answer {
+    async fn answer_name(&self, name: &Name, rtype: RecordType, depth: usize) -> Answer {
         let labels = relative_labels(name, &self.cluster.domain);
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
         let record = |data: RData| Record::from_rdata(name.clone(), TTL, data);
@@ -208,7 +206,7 @@ impl ClusterZone {
         }
         if self.cluster.domain.zone_of(&target) {
             if depth < MAX_CHASE
-                && let Answer::Records { answers: more, .. } = Box::pin(self.answer(&target, rtype, depth + 1)).await
+                && let Answer::Records { answers: more, .. } = Box::pin(self.answer_name(&target, rtype, depth + 1)).await
             {
                 answers.extend(more);
             }
@@ -243,50 +241,14 @@ fn relative_labels(name: &Name, zone: &Name) -> Vec<String> {
     name.iter().take(keep).map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect()
 }
 
-/// Answers a request by its single query with the handler's `lookup`, as
-/// hickory's own authoritative handlers do.
-pub async fn search_by_lookup(handler: &dyn ZoneHandler, request: &Request, options: LookupOptions) -> (LookupControlFlow<AuthLookup>, Option<TSigResponseContext>) {
-    let info = match request.request_info() {
-        Ok(info) => info,
-        Err(e) => return (LookupControlFlow::Break(Err(e)), None),
-    };
-    (handler.lookup(info.query.name(), info.query.query_type(), Some(&info), options).await, None)
-}
-
-/// Records as a hickory lookup result.
-pub fn found(answers: Vec<Record>, additionals: Vec<Record>) -> LookupControlFlow<AuthLookup> {
-    let additionals = (!additionals.is_empty()).then(|| LookupRecords::Section(additionals));
-    LookupControlFlow::Break(Ok(AuthLookup::answers(LookupRecords::Section(answers), additionals)))
-}
-
 #[async_trait::async_trait]
-impl ZoneHandler for ClusterZone {
-    fn zone_type(&self) -> ZoneType {
-        ZoneType::Primary
-    }
-
-    fn axfr_policy(&self) -> AxfrPolicy {
-        AxfrPolicy::Deny
-    }
-
-    fn origin(&self) -> &LowerName {
-        &self.origin
-    }
-
-    async fn lookup(&self, name: &LowerName, rtype: RecordType, _: Option<&RequestInfo<'_>>, _: LookupOptions) -> LookupControlFlow<AuthLookup> {
-        match self.answer(&Name::from(name.clone()), rtype, 0).await {
+impl Answers for ClusterZone {
+    async fn answer(&self, name: &LowerName, rtype: RecordType) -> LookupControlFlow<AuthLookup> {
+        match self.answer_name(&Name::from(name.clone()), rtype, 0).await {
             Answer::Records { answers, additionals } => found(answers, additionals),
-            Answer::NoData => LookupControlFlow::Break(Err(LookupError::NameExists)),
-            Answer::NxDomain => LookupControlFlow::Break(Err(LookupError::ResponseCode(ResponseCode::NXDomain))),
+            Answer::NoData => refused(LookupError::NameExists),
+            Answer::NxDomain => refused(LookupError::ResponseCode(ResponseCode::NXDomain)),
         }
-    }
-
-    async fn search(&self, request: &Request, options: LookupOptions) -> (LookupControlFlow<AuthLookup>, Option<TSigResponseContext>) {
-        search_by_lookup(self, request, options).await
-    }
-
-    async fn nsec_records(&self, _: &LowerName, _: LookupOptions) -> LookupControlFlow<AuthLookup> {
-        LookupControlFlow::Break(Err(LookupError::ResponseCode(ResponseCode::NotImp)))
     }
 }
 

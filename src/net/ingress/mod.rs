@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use view::View;
 
-/// How long a client may take to send request headers or finish a TLS handshake.
+/// How long a client may take to finish a TLS handshake.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections may finish after shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,18 +91,7 @@ async fn create_class(client: &kube::Client) -> Result<(), Error> {
 async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, view: Arc<View>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ingress accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = crate::api::serve::accept(&listener, &shutdown).await {
         let _ = stream.set_nodelay(true);
         let (tls, view, shutdown) = (tls.clone(), view.clone(), shutdown.clone());
         connections.spawn(async move {
@@ -131,18 +120,7 @@ where
         let view = view.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy::handle(view, request, peer, scheme).await) }
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(CLIENT_TIMEOUT)
-        .serve_connection(io, service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let result = crate::api::serve::serve_http1(io, service, &shutdown).await;
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
     }
