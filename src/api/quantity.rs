@@ -116,6 +116,16 @@ impl Quantity {
         self.nanos == 0
     }
 
+    /// The value as a float, for ratios (autoscaling).
+    pub fn as_f64(&self) -> f64 {
+        self.nanos as f64 / NANO as f64
+    }
+
+    /// A value in thousandths (`250m`).
+    pub fn from_millis(millis: i64) -> Self {
+        Self { nanos: i128::from(millis) * (NANO / 1000), format: Format::DecimalSi }
+    }
+
     /// The k8s-openapi form.
     pub fn to_k8s(self) -> k8s_openapi::apimachinery::pkg::api::resource::Quantity {
         k8s_openapi::apimachinery::pkg::api::resource::Quantity(self.to_string())

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod endpoints;
 pub mod gc;
 pub mod history;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -79,6 +80,7 @@ pub fn start(ctx: &Context, tasks: &mut tokio::task::JoinSet<()>) {
     tasks.spawn(job::run(ctx.clone()));
     tasks.spawn(cronjob::run(ctx.clone()));
     tasks.spawn(nodeipam::run(ctx.clone()));
+    tasks.spawn(hpa::run(ctx.clone()));
     tasks.spawn(deployment::run(ctx.clone()));
     tasks.spawn(daemonset::run(ctx.clone()));
     tasks.spawn(statefulset::run(ctx.clone()));

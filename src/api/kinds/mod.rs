@@ -3,6 +3,7 @@
 //! lifecycle) that make it behave as upstream. Adding a kind means adding an entry
 //! here, not a handler.
 
+mod autoscaling;
 mod batch;
 mod core;
 pub mod networking;
@@ -25,6 +26,7 @@ pub fn all() -> Vec<Resource> {
     resources.extend(batch::resources());
     resources.extend(revisioned::resources());
     resources.extend(networking::resources());
+    resources.extend(autoscaling::resources());
     resources
 }
 
