@@ -4,6 +4,7 @@
 //! rules of Pods, and the cells kubectl prints for a pod.
 
 use crate::api::error::FieldError;
+use crate::api::quantity::parse as parse_quantity;
 use crate::api::validation::{self, check};
 use k8s_openapi::api::core::v1::{
     Container, ContainerStatus, EnvVar, ObjectFieldSelector, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
@@ -285,59 +286,6 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     }
     guaranteed &= requests.iter().all(|(k, v)| limits.get(k) == Some(v));
     if guaranteed && requests.len() == limits.len() { "Guaranteed" } else { "Burstable" }
-}
-
-// ---------------------------------------------------------------------------
-// Quantities
-// ---------------------------------------------------------------------------
-
-/// Parses a Kubernetes quantity into nano-units (rounding finer fractions up), `None` if malformed.
-fn parse_quantity(s: &str) -> Option<i128> {
-    let (neg, rest) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-    let (num, suffix) = rest.split_at(num_len);
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
-        return None;
-    }
-    let (mut exp10, mut bin): (i32, u32) = (0, 0);
-    match suffix {
-        "" => {}
-        "n" => exp10 = -9,
-        "u" => exp10 = -6,
-        "m" => exp10 = -3,
-        "k" => exp10 = 3,
-        "M" => exp10 = 6,
-        "G" => exp10 = 9,
-        "T" => exp10 = 12,
-        "P" => exp10 = 15,
-        "E" => exp10 = 18,
-        "Ki" => bin = 10,
-        "Mi" => bin = 20,
-        "Gi" => bin = 30,
-        "Ti" => bin = 40,
-        "Pi" => bin = 50,
-        "Ei" => bin = 60,
-        e => exp10 = e.strip_prefix(['e', 'E'])?.parse().ok().filter(|x: &i32| x.abs() <= 30)?,
-    }
-    let digits = format!("{int}{frac}");
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 30 {
-        return Some(if neg { i128::MIN } else { i128::MAX });
-    }
-    let mantissa: i128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
-    let scaled = mantissa.checked_mul(1i128 << bin)?;
-    let shift = exp10 + 9 - frac.len() as i32;
-    let v = if shift >= 0 {
-        scaled.checked_mul(10i128.checked_pow(shift as u32)?).unwrap_or(i128::MAX)
-    } else {
-        let d = 10i128.checked_pow((-shift) as u32).unwrap_or(i128::MAX);
-        (scaled + d - 1) / d
-    };
-    Some(if neg { -v } else { v })
 }
 
 // ---------------------------------------------------------------------------
@@ -2211,21 +2159,6 @@ mod tests {
     fn human_durations_read_like_kubectl() {
         for (secs, want) in [(-5, "<invalid>"), (-1, "0s"), (59, "59s"), (119, "119s"), (300, "5m"), (330, "5m30s"), (900, "15m"), (3 * 3600 + 60, "3h1m"), (30 * 3600, "30h"), (3 * 86400 + 3600, "3d1h"), (400 * 86400, "400d"), (3 * 365 * 86400 + 86400, "3y1d")] {
             assert_eq!(human_duration(secs), want, "{secs}");
-        }
-    }
-
-    #[test]
-    fn quantities_parse_to_nano_units() {
-        assert_eq!(parse_quantity("1"), Some(1_000_000_000));
-        assert_eq!(parse_quantity("500m"), Some(500_000_000));
-        assert_eq!(parse_quantity("0.5"), parse_quantity("500m"));
-        assert_eq!(parse_quantity("1Gi"), parse_quantity("1024Mi"));
-        assert_eq!(parse_quantity("1e3"), parse_quantity("1k"));
-        assert_eq!(parse_quantity("1.5Gi"), Some(1_610_612_736_000_000_000));
-        assert_eq!(parse_quantity("-2"), Some(-2_000_000_000));
-        assert_eq!(parse_quantity("1n"), Some(1));
-        for bad in ["", "abc", "1.2.3", "5Q", "m"] {
-            assert_eq!(parse_quantity(bad), None, "{bad}");
         }
     }
 }
