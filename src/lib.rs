@@ -6,6 +6,7 @@
 //!   generic REST machinery driven by the resource registry, discovery, OpenAPI.
 //! - [`store`]: etcd's role: a durable key space with one global revision and a
 //!   revisioned watch log, on sled.
+//! - [`sched`]: the scheduler: finds each unassigned pod a node and binds it there.
 //! - [`controllers`]: the controller manager's control loops (ReplicaSets, …).
 //! - [`node`]: the node agent; today the fake nodes used to exercise the control plane.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
@@ -20,5 +21,6 @@ pub mod controllers;
 pub mod node;
 pub mod pki;
 pub mod runtime;
+pub mod sched;
 pub mod server;
 pub mod store;

@@ -104,6 +104,8 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         shutdown: shutdown.clone(),
     };
     crate::controllers::start(&controllers, &mut tasks);
+    let scheduler_client = crate::client::in_process(app.clone(), Identity::system("kube-scheduler"));
+    tasks.spawn(crate::sched::run(crate::sched::Profile::default(), controllers.informers.clone(), scheduler_client, shutdown.clone()));
     if config.fake_nodes > 0 {
         tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, shutdown.clone()));
     }
