@@ -2,7 +2,10 @@
 //! client sees it: start-up time, durable creates per second at concurrency 1
 //! and 64, get and list latency, watch delivery latency to 100 watchers, and the
 //! server's memory. The figures go into the project's notes; targets live in
-//! `shared/targets.md`, not in tests.
+//! `shared/targets.md`, not in tests. `rk bench scheduler` ([`scheduler`])
+//! measures scheduling throughput on fake nodes.
+
+pub mod scheduler;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -38,12 +41,15 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server() -> Result<(ServerProcess, Duration), Error> {
+/// Starts `rk server` with `extra` arguments on a free port in a temporary directory.
+fn start_server(extra: &[&str]) -> Result<(ServerProcess, Duration), Error> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     let started = Instant::now();
     let child = Command::new(std::env::current_exe()?)
-        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--data-dir"])
+        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--write-kubeconfig")
         .arg(&kubeconfig)
@@ -68,9 +74,19 @@ async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
 
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+/// The most resident memory a process has had, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+/// A memory figure (given in kB) from `/proc/<pid>/status`, in MiB.
+fn proc_status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
@@ -175,7 +191,7 @@ async fn watch_latency(client: &kube::Client, watchers: usize, writes: usize) ->
 }
 
 pub async fn run(options: BenchOptions) -> Result<(), Error> {
-    let (server, startup) = start_server()?;
+    let (server, startup) = start_server(&[])?;
     let pid = server.child.id();
     let client = client(&server.kubeconfig).await?;
     let ready = Instant::now();

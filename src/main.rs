@@ -19,12 +19,15 @@ struct Cli {
 enum Command {
     /// Run a cluster: the store, the API server and the control plane, in one process
     Server(ServerArgs),
-    /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory
+    /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory (`rk bench scheduler`: scheduling throughput)
     Bench(BenchArgs),
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BenchArgs {
+    #[command(subcommand)]
+    which: Option<BenchCommand>,
     /// Seconds each create phase runs
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -34,6 +37,25 @@ struct BenchArgs {
     /// Writes whose delivery to every watcher is timed
     #[arg(long, default_value_t = 200)]
     watched_writes: usize,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Scheduling throughput: a server with fake nodes, many concurrent pod creators, bindings timed by a watch
+    Scheduler(SchedulerBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct SchedulerBenchArgs {
+    /// Fake nodes to start the server with
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Pods to create and schedule
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Clients creating pods at once
+    #[arg(long, default_value_t = 64)]
+    creators: usize,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +103,9 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(args)).await,
+            Command::Bench(BenchArgs { which: Some(BenchCommand::Scheduler(args)), .. }) => {
+                rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes: args.nodes, pods: args.pods, creators: args.creators }).await
+            }
             Command::Bench(args) => {
                 rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
             }

@@ -164,46 +164,38 @@ impl SchedulingQueue {
     /// The cluster changed in a way that may let waiting pods fit: every
     /// unschedulable pod is retried.
     pub fn cluster_changed(&self) {
-        let now = Instant::now();
-        let mut s = self.lock();
-        let mut retry = Vec::new();
-        for (key, e) in s.entries.iter_mut() {
-            match e.place {
-                Place::Unschedulable { .. } => retry.push(key.clone()),
-                Place::InFlight => e.moved_while_in_flight = true,
-                _ => {}
+        self.retry_where(Instant::now(), |e| match e.place {
+            Place::Unschedulable { .. } => true,
+            Place::InFlight => {
+                e.moved_while_in_flight = true;
+                false
             }
-        }
-        let woke = !retry.is_empty();
-        for key in retry {
-            s.retry(&key, now);
-        }
-        drop(s);
-        if woke {
-            self.ready.notify_one();
-        }
+            _ => false,
+        });
     }
 
     /// Periodic upkeep: back-offs that are over go active, and pods unschedulable
     /// for [`MAX_UNSCHEDULABLE_WAIT`] are retried.
     pub fn flush(&self, now: Instant) {
+        self.retry_where(now, |e| match e.place {
+            Place::Backoff { until } => until <= now,
+            Place::Unschedulable { since } => now.duration_since(since) >= MAX_UNSCHEDULABLE_WAIT,
+            _ => false,
+        });
+    }
+
+    /// Retries every pod `due` picks, and wakes the scheduler if there was one.
+    fn retry_where(&self, now: Instant, mut due: impl FnMut(&mut Entry) -> bool) {
         let mut s = self.lock();
-        let mut due = Vec::new();
-        for (key, e) in &s.entries {
-            match e.place {
-                Place::Backoff { until } if until <= now => due.push(key.clone()),
-                Place::Unschedulable { since } if now.duration_since(since) >= MAX_UNSCHEDULABLE_WAIT => due.push(key.clone()),
-                _ => {}
-            }
+        let keys: Vec<String> = s.entries.iter_mut().filter_map(|(key, e)| due(e).then(|| key.clone())).collect();
+        if keys.is_empty() {
+            return;
         }
-        let woke = !due.is_empty();
-        for key in due {
+        for key in keys {
             s.retry(&key, now);
         }
         drop(s);
-        if woke {
-            self.ready.notify_one();
-        }
+        self.ready.notify_one();
     }
 
     pub fn close(&self) {

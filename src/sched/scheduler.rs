@@ -99,10 +99,19 @@ pub async fn run(profile: Profile, informers: Arc<Informers>, client: kube::Clie
     scheduler.queue.close();
 }
 
-/// Applies each change of an informer, the snapshot first (synchronously).
-async fn follow<K>(mut changes: mpsc::UnboundedReceiver<Change<K>>, scheduler: Arc<Scheduler>, apply: fn(&Scheduler, Change<K>)) {
-    while let Some(change) = changes.recv().await {
+/// Applies the snapshot of an informer at once, then returns a task applying its later changes.
+fn follow<K: Send + Sync + 'static>(
+    mut changes: mpsc::UnboundedReceiver<Change<K>>,
+    scheduler: Arc<Scheduler>,
+    apply: fn(&Scheduler, Change<K>),
+) -> impl Future<Output = ()> + Send + 'static {
+    while let Ok(change) = changes.try_recv() {
         apply(&scheduler, change);
+    }
+    async move {
+        while let Some(change) = changes.recv().await {
+            apply(&scheduler, change);
+        }
     }
 }
 
