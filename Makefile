@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench clean
+.PHONY: build run test lint bench bench-scheduler clean
 
 build:
 	$(CARGO) build --release
@@ -21,6 +21,10 @@ lint:
 
 bench:
 	$(CARGO) run --release -- bench
+
+# Pods scheduled per second on 1000 fake nodes.
+bench-scheduler:
+	$(CARGO) run --release -- bench scheduler --nodes 1000 --pods 10000
 
 clean:
 	$(CARGO) clean
