@@ -138,7 +138,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    pub fn node(name: &str, labels: serde_json::Value) -> Node {
+    fn node(name: &str, labels: serde_json::Value) -> Node {
         serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
     }
 

@@ -204,7 +204,8 @@ impl SchedulingQueue {
     }
 
     /// Pods waiting in each sub-queue: (active, back-off, unschedulable).
-    pub fn lengths(&self) -> (usize, usize, usize) {
+    #[cfg(test)]
+    fn lengths(&self) -> (usize, usize, usize) {
         let s = self.lock();
         let count = |f: fn(&Place) -> bool| s.entries.values().filter(|e| f(&e.place)).count();
         (
