@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench bench-scheduler clean
+.PHONY: build run test lint bench bench-pods bench-scheduler clean
 
 build:
 	$(CARGO) build --release
@@ -21,6 +21,11 @@ lint:
 
 bench:
 	$(CARGO) run --release -- bench
+
+# Pod start latency on the node agent (needs Docker, root and the test images).
+bench-pods:
+	bash tools/test-images.sh
+	$(CARGO) run --release -- bench pods
 
 # Pods scheduled per second on 1000 fake nodes.
 bench-scheduler:

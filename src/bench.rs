@@ -5,6 +5,7 @@
 //! `shared/targets.md`, not in tests. `rk bench scheduler` ([`scheduler`])
 //! measures scheduling throughput on fake nodes.
 
+pub mod pods;
 pub mod scheduler;
 
 use futures::StreamExt;
@@ -28,10 +29,10 @@ pub struct BenchOptions {
 }
 
 /// A server process started for the benchmark, stopped when dropped.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
     _dir: tempfile::TempDir,
-    kubeconfig: std::path::PathBuf,
+    pub(crate) kubeconfig: std::path::PathBuf,
 }
 
 impl Drop for ServerProcess {
@@ -41,14 +42,14 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Starts `rk server` with `extra` arguments on a free port in a temporary directory.
-fn start_server(extra: &[&str]) -> Result<(ServerProcess, Duration), Error> {
+/// Starts `rk server` with `args` (e.g. `--disable-agent`) on a fresh data directory.
+pub(crate) fn start_server(args: &[&str]) -> Result<(ServerProcess, Duration), Error> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     let started = Instant::now();
     let child = Command::new(std::env::current_exe()?)
-        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0"])
-        .args(extra)
+        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--disable-proxy"])
+        .args(args)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--write-kubeconfig")
@@ -67,7 +68,7 @@ fn start_server(extra: &[&str]) -> Result<(ServerProcess, Duration), Error> {
     Ok((server, started.elapsed()))
 }
 
-async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
+pub(crate) async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
     let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(kubeconfig)?, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
 }
@@ -90,14 +91,14 @@ fn proc_status_mib(pid: u32, field: &str) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
@@ -191,7 +192,7 @@ async fn watch_latency(client: &kube::Client, watchers: usize, writes: usize) ->
 }
 
 pub async fn run(options: BenchOptions) -> Result<(), Error> {
-    let (server, startup) = start_server(&[])?;
+    let (server, startup) = start_server(&["--disable-agent"])?;
     let pid = server.child.id();
     let client = client(&server.kubeconfig).await?;
     let ready = Instant::now();

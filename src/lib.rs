@@ -7,8 +7,11 @@
 //! - [`store`]: etcd's role: a durable key space with one global revision and a
 //!   revisioned watch log, on sled.
 //! - [`sched`]: the scheduler: finds each unassigned pod a node and binds it there.
-//! - [`controllers`]: the controller manager's control loops (ReplicaSets, …).
-//! - [`node`]: the node agent; today the fake nodes used to exercise the control plane.
+//! - [`controllers`]: the controller manager's control loops (ReplicaSets, Deployments,
+//!   DaemonSets, StatefulSets, …).
+//! - [`node`]: the node agent (pods as Docker containers), and the fake nodes used to
+//!   exercise the control plane.
+//! - [`net`]: the service proxy: Services programmed into nf_tables over netlink.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event
 //!   recorder that the scheduler, controllers and node agent share.
@@ -18,6 +21,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod controllers;
+pub mod net;
 pub mod node;
 pub mod pki;
 pub mod runtime;

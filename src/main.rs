@@ -24,10 +24,9 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
 struct BenchArgs {
     #[command(subcommand)]
-    which: Option<BenchCommand>,
+    what: Option<BenchWhat>,
     /// Seconds each create phase runs
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -40,22 +39,37 @@ struct BenchArgs {
 }
 
 #[derive(Subcommand)]
-enum BenchCommand {
+enum BenchWhat {
+    /// Time to program one new Service into nf_tables on top of N existing ones (root; private network namespace)
+    Proxy {
+        /// Existing Services to measure on top of (comma-separated)
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        services: Vec<u32>,
+        /// New Services timed at each size
+        #[arg(long, default_value_t = 50)]
+        samples: u32,
+    },
+    /// Pod start latency (create -> Running) on the embedded node agent, next to `docker run -d` (needs Docker and tools/test-images.sh)
+    Pods {
+        /// Pods to start
+        #[arg(long, default_value_t = 50)]
+        pods: usize,
+        /// Image the pods run (present locally; never pulled)
+        #[arg(long, default_value = "rk-test/busybox:1")]
+        image: String,
+    },
     /// Scheduling throughput: a server with fake nodes, many concurrent pod creators, bindings timed by a watch
-    Scheduler(SchedulerBenchArgs),
-}
-
-#[derive(clap::Args)]
-struct SchedulerBenchArgs {
-    /// Fake nodes to start the server with
-    #[arg(long, default_value_t = 1000)]
-    nodes: usize,
-    /// Pods to create and schedule
-    #[arg(long, default_value_t = 10_000)]
-    pods: usize,
-    /// Clients creating pods at once
-    #[arg(long, default_value_t = 64)]
-    creators: usize,
+    Scheduler {
+        /// Fake nodes to start the server with
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Pods to create and schedule
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Clients creating pods at once
+        #[arg(long, default_value_t = 64)]
+        creators: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -88,9 +102,37 @@ struct ServerArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     fake_nodes: usize,
 
+    /// Range of Service cluster IPs
+    #[arg(long, default_value = "10.43.0.0/16", value_name = "CIDR")]
+    service_cidr: ipnet::Ipv4Net,
+
+    /// Range of pod IPs; each node gets a /24 of it
+    #[arg(long, default_value = "10.42.0.0/16", value_name = "CIDR")]
+    cluster_cidr: ipnet::Ipv4Net,
+
+    /// Range of NodePorts
+    #[arg(long, default_value = "30000-32767", value_name = "LOW-HIGH", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
+
+    /// Seconds a node may go without renewing its Lease before it is marked NotReady (Unknown)
+    #[arg(long, default_value_t = 40, value_name = "SECONDS")]
+    node_monitor_grace_period: u64,
+
+    /// Name of this machine's node [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+
+    /// Run no node agent on this machine (a control-plane-only server)
+    #[arg(long)]
+    disable_agent: bool,
+
     /// Keep at least this many of the newest watch events
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     watch_history_events: u64,
+
+    /// Do not program Services into this host's nf_tables (no service proxy, no ServiceLB)
+    #[arg(long)]
+    disable_proxy: bool,
 }
 
 fn main() {
@@ -103,8 +145,12 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(args)).await,
-            Command::Bench(BenchArgs { which: Some(BenchCommand::Scheduler(args)), .. }) => {
-                rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes: args.nodes, pods: args.pods, creators: args.creators }).await
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Pods { pods, image }), .. }) => {
+                rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
+            }
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Scheduler { nodes, pods, creators }), .. }) => {
+                rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes, pods, creators }).await
             }
             Command::Bench(args) => {
                 rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
@@ -118,8 +164,9 @@ fn main() {
 }
 
 fn server_config(args: ServerArgs) -> ServerConfig {
+    let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
     ServerConfig {
-        data_dir: args.data_dir.unwrap_or_else(server::default_data_dir),
+        data_dir: data_dir.clone(),
         bind_address: args.bind_address,
         https_port: args.https_listen_port,
         kubeconfig: args.write_kubeconfig.unwrap_or_else(server::default_kubeconfig),
@@ -129,7 +176,26 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             retain_events: args.watch_history_events,
             ..StoreOptions::default()
         },
-        controllers: Default::default(),
+        controllers: rk::controllers::ControllerOptions {
+            node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period.max(1)),
+            cluster_cidr: args.cluster_cidr,
+            ..Default::default()
+        },
         fake_nodes: args.fake_nodes,
+        service_ranges: rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range },
+        agent: (!args.disable_agent).then(|| {
+            let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
+            rk::node::AgentConfig::new(&node_name, data_dir.clone())
+        }),
+        proxy: !args.disable_proxy,
     }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (low, high) = s.split_once('-').ok_or("expected LOW-HIGH, e.g. 30000-32767")?;
+    let (low, high): (u16, u16) = (low.trim().parse().map_err(|e| format!("{e}"))?, high.trim().parse().map_err(|e| format!("{e}"))?);
+    if low == 0 || low > high {
+        return Err(format!("{low}-{high} is not a range of ports"));
+    }
+    Ok((low, high))
 }

@@ -6,7 +6,7 @@
 use crate::api::{self, Api, admission, auth::Identity, auth::Tokens};
 use crate::pki::{self, Pki};
 use crate::store::{SharedStorage, SledStore, StoreOptions};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +28,12 @@ pub struct ServerConfig {
     pub controllers: crate::controllers::ControllerOptions,
     /// Simulated nodes to register (for trying and measuring the control plane).
     pub fake_nodes: usize,
+    /// Where Service cluster IPs and node ports come from.
+    pub service_ranges: crate::api::allocator::Ranges,
+    /// The embedded node agent for this machine; `None` runs no agent.
+    pub agent: Option<crate::node::AgentConfig>,
+    /// Run the service proxy (nf_tables rules for Services) on this host.
+    pub proxy: bool,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -91,9 +97,12 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     let address = listener.local_addr()?;
     let advertise = advertise_address(config.bind_address, address.port());
     let shutdown = CancellationToken::new();
-    let api = Api::new(store.clone() as SharedStorage, tokens, shutdown.clone(), advertise.clone());
+    let signer = crate::api::tokens::TokenSigner::load_or_create(&config.data_dir.join("tls").join("service-account.key"))?;
+    let api = Api::new(store.clone() as SharedStorage, tokens, signer, shutdown.clone(), advertise.clone(), config.service_ranges.clone());
+    crate::api::allocator::repair(&api.store, &api.ranges).await.map_err(|e| format!("repairing service address allocations: {e}"))?;
     let app = api::router(api.clone());
     bootstrap(&app).await?;
+    publish_api_service(&app, &config.service_ranges, api_endpoint(config.bind_address), address.port()).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     let controller_client = crate::client::in_process(app.clone(), Identity::system("kube-controller-manager"));
@@ -102,12 +111,29 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         client: controller_client,
         options: config.controllers.clone(),
         shutdown: shutdown.clone(),
+        cluster_ca: pki.ca_pem().to_owned(),
     };
     crate::controllers::start(&controllers, &mut tasks);
     let scheduler_client = crate::client::in_process(app.clone(), Identity::system("kube-scheduler"));
     tasks.spawn(crate::sched::run(crate::sched::Profile::default(), controllers.informers.clone(), scheduler_client, shutdown.clone()));
+    if config.proxy {
+        let options = crate::net::ProxyOptions { cluster_cidr: config.controllers.cluster_cidr };
+        tasks.spawn(crate::net::run(controllers.informers.clone(), options, shutdown.clone()));
+        tasks.spawn(crate::net::servicelb::run(controllers.clone()));
+    }
     if config.fake_nodes > 0 {
-        tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, shutdown.clone()));
+        let renew_every = crate::node::fake::lease_renew_interval(config.controllers.node_monitor_grace_period);
+        tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, renew_every, shutdown.clone()));
+    }
+    if let Some(agent) = &config.agent {
+        let identity = Identity::new(&format!("system:node:{}", agent.node_name), &["system:nodes", "system:authenticated"]);
+        let client = crate::client::in_process(app.clone(), identity);
+        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::node::run(client, agent, shutdown).await {
+                tracing::error!(error = %e, "the node agent stopped");
+            }
+        });
     }
     let tls = Arc::new(pki.server_config()?);
     tasks.spawn(api::serve::serve_tls(listener, tls, app.clone(), shutdown.clone()));
@@ -144,19 +170,97 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// Objects every cluster has from its first start, created through the API.
+/// Objects every cluster has from its first start, created through the API: the
+/// initial namespaces and their default service accounts (so pods can be created
+/// at once; the service account controller covers later namespaces).
 async fn bootstrap(app: &axum::Router) -> Result<(), Error> {
     let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
-    let namespaces: kube::Api<Namespace> = kube::Api::all(client);
+    let params = kube::api::PostParams::default();
+    let ignore_existing = |what: String, r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(format!("creating {what}: {e}")),
+        Ok(()) => Ok(()),
+    };
     for name in admission::INITIAL_NAMESPACES {
-        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some((*name).into()), ..Default::default() }, ..Default::default() };
-        match namespaces.create(&kube::api::PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(format!("creating namespace {name}: {e}").into()),
-        }
+        let meta = |n: &str| kube::api::ObjectMeta { name: Some(n.into()), ..Default::default() };
+        let ns = Namespace { metadata: meta(name), ..Default::default() };
+        ignore_existing(format!("namespace {name}"), kube::Api::<Namespace>::all(client.clone()).create(&params, &ns).await.map(drop))?;
+        let sa = ServiceAccount { metadata: meta(crate::controllers::serviceaccounts::DEFAULT_ACCOUNT), ..Default::default() };
+        let accounts = kube::Api::<ServiceAccount>::namespaced(client.clone(), name);
+        ignore_existing(format!("service account {name}/default"), accounts.create(&params, &sa).await.map(drop))?;
     }
     Ok(())
+}
+
+/// The `kubernetes` Service in `default`, at the first address of the service
+/// range, with Endpoints pointing at this server, as the API server keeps them.
+async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator::Ranges, ip: IpAddr, port: u16) -> Result<(), Error> {
+    use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec};
+    let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
+    let meta = kube::api::ObjectMeta {
+        name: Some("kubernetes".into()),
+        namespace: Some("default".into()),
+        labels: Some([("component".to_owned(), "apiserver".to_owned()), ("provider".to_owned(), "kubernetes".to_owned())].into()),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: meta.clone(),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ranges.api_service_ip().to_string()),
+            ports: Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: 443,
+                protocol: Some("TCP".into()),
+                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(port))),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let services = kube::Api::<Service>::namespaced(client.clone(), "default");
+    // Look first: creating it again would fail on its cluster IP before its name.
+    let existing = services.get_opt("kubernetes").await.map_err(|e| format!("reading the kubernetes Service: {e}"))?;
+    if existing.is_none() {
+        match services.create(&kube::api::PostParams::default(), &service).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(format!("creating the kubernetes Service: {e}").into()),
+        }
+    }
+    let endpoints = Endpoints {
+        metadata: meta,
+        subsets: Some(vec![EndpointSubset {
+            addresses: Some(vec![EndpointAddress { ip: ip.to_string(), ..Default::default() }]),
+            ports: Some(vec![EndpointPort { name: Some("https".into()), port: i32::from(port), protocol: Some("TCP".into()), app_protocol: None }]),
+            not_ready_addresses: None,
+        }]),
+    };
+    let api = kube::Api::<Endpoints>::namespaced(client.clone(), "default");
+    let params = kube::api::PatchParams::apply("rk-server").force();
+    api.patch("kubernetes", &params, &kube::api::Patch::Apply(&endpoints)).await.map_err(|e| format!("publishing the kubernetes Endpoints: {e}"))?;
+    // The EndpointSlice service proxies read, as the API server keeps it upstream.
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": { "name": "kubernetes", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
+        "addressType": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{ "addresses": [ip.to_string()], "conditions": { "ready": true } }],
+        "ports": [{ "name": "https", "port": port, "protocol": "TCP" }],
+    });
+    let slices = kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client, "default");
+    slices.patch("kubernetes", &params, &kube::api::Patch::Apply(&slice)).await.map_err(|e| format!("publishing the kubernetes EndpointSlice: {e}"))?;
+    Ok(())
+}
+
+/// The address pods reach this server at: the bound one, or the host's
+/// default-route address when listening everywhere.
+fn api_endpoint(bind: IpAddr) -> IpAddr {
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    let outgoing = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect("10.255.255.255:1").and(s.local_addr()));
+    outgoing.map(|a| a.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// The address clients are told to use: loopback when listening everywhere.

@@ -90,10 +90,12 @@ fn selectors_filter_by_labels_and_fields() {
         server.ok(&full).lines().map(str::to_owned).collect()
     };
     assert_eq!(names(&["-l", "tier=web"]), ["configmap/a"]);
-    assert_eq!(names(&["-l", "tier!=web"]), ["configmap/b", "configmap/c"]);
+    // As on any cluster, objects without the label match `!=` and `notin` (here the root CA ConfigMap).
+    assert_eq!(names(&["-l", "tier!=web"]), ["configmap/b", "configmap/c", "configmap/kube-root-ca.crt"]);
     assert_eq!(names(&["-l", "tier in (db,cache)"]), ["configmap/b", "configmap/c"]);
-    assert_eq!(names(&["-l", "tier notin (db)"]), ["configmap/a", "configmap/c"]);
-    assert_eq!(names(&["-l", "!tier"]), Vec::<String>::new());
+    assert_eq!(names(&["-l", "tier notin (db)"]), ["configmap/a", "configmap/c", "configmap/kube-root-ca.crt"]);
+    assert_eq!(names(&["-l", "tier,tier notin (db)"]), ["configmap/a", "configmap/c"]);
+    assert_eq!(names(&["-l", "!tier"]), ["configmap/kube-root-ca.crt"]);
     assert_eq!(names(&["--field-selector", "metadata.name=b"]), ["configmap/b"]);
     assert_eq!(names(&["--field-selector", "metadata.name!=b", "-l", "tier"]), ["configmap/a", "configmap/c"]);
     let ns = server.ok(&["get", "ns", "--field-selector", "status.phase=Active", "-o", "name"]);

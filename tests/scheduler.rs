@@ -176,3 +176,29 @@ async fn a_binding_assigns_the_node_once_and_marks_the_pod_scheduled() {
         other => panic!("a second binding must conflict: {other:?}"),
     }
 }
+
+#[test]
+fn daemonset_pods_are_bound_to_the_node_their_affinity_names() {
+    let server = start();
+    let ds = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: agent, image: busybox}]
+"#;
+    let file = write_file(server.dir.path(), "ds.yaml", ds);
+    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let placements = || {
+        let out = server.ok(&["get", "pods", "-l", "app=agent", "-o",
+            r#"jsonpath={range .items[*]}{.spec.nodeName}={.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].values[0]}{"\n"}{end}"#]);
+        let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    assert!(eventually(TIMEOUT, || placements() == ["fake-0=fake-0", "fake-1=fake-1", "fake-2=fake-2"]), "{:?}", placements());
+}

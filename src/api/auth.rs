@@ -1,10 +1,11 @@
 //! Authentication: who is asking. A request is authenticated by the client
 //! certificate its TLS connection presented (signed by the cluster CA) or by a
 //! bearer token; anything else is refused with 401 before it can reach data.
-//! Every authenticated user is authorized for everything (no RBAC yet).
+//! Service account tokens (`tokens.rs`) are bearer tokens too. Every
+//! authenticated user is authorized for everything (no RBAC yet).
 
 use super::error::ApiError;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
@@ -50,30 +51,49 @@ impl Tokens {
 }
 
 /// Middleware: resolves the request's [`Identity`] or answers 401.
-pub async fn authenticate(tokens: Tokens, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(State(api): State<Arc<super::Api>>, mut request: Request, next: Next) -> Response {
     // Health checks are for load balancers and supervisors; they reveal no data.
     if matches!(request.uri().path(), "/healthz" | "/livez" | "/readyz") {
         return next.run(request).await;
     }
-    if let Some(identity) = identify(&tokens, &request) {
-        request.extensions_mut().insert(identity);
-        return next.run(request).await;
+    let identity = match presented(&request) {
+        Presented::Identity(identity) => Some(identity),
+        Presented::Token(token) => match api.tokens.lookup(&token) {
+            Some(identity) => Some(identity),
+            None => super::tokens::authenticate(&api, &token).await,
+        },
+        Presented::Nothing => None,
+    };
+    match identity {
+        Some(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        None => ApiError::unauthorized().into_response(),
     }
-    ApiError::unauthorized().into_response()
 }
 
-fn identify(tokens: &Tokens, request: &Request) -> Option<Identity> {
+/// The credentials a request carries.
+enum Presented {
+    Identity(Identity),
+    Token(String),
+    Nothing,
+}
+
+fn presented(request: &Request) -> Presented {
     // A component calling in-process already carries its identity.
     if let Some(identity) = request.extensions().get::<Identity>() {
-        return Some(identity.clone());
+        return Presented::Identity(identity.clone());
     }
     if let Some(PeerIdentity(Some(identity))) = request.extensions().get::<PeerIdentity>() {
-        return Some(identity.clone());
+        return Presented::Identity(identity.clone());
     }
-    let header = request.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = header.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    tokens.lookup(token.trim())
+    let bearer = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    bearer.map_or(Presented::Nothing, Presented::Token)
 }

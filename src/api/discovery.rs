@@ -90,6 +90,10 @@ fn subresource_entry(r: &Resource, sub: Subresource) -> Value {
         }),
         Subresource::Binding => json!({ "name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Binding", "verbs": ["create"] }),
         Subresource::Finalize => json!({ "name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["update"] }),
+        Subresource::Token => json!({
+            "name": name, "singularName": "", "namespaced": r.namespaced, "group": "authentication.k8s.io", "version": "v1",
+            "kind": "TokenRequest", "verbs": ["create"],
+        }),
     }
 }
 

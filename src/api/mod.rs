@@ -7,6 +7,7 @@
 //! out to every watcher through `watch.rs`.
 
 pub mod admission;
+pub mod allocator;
 pub mod auth;
 pub mod codec;
 pub mod discovery;
@@ -18,6 +19,7 @@ pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod request;
 pub mod rest;
@@ -25,6 +27,7 @@ pub mod schema;
 pub mod selector;
 pub mod serve;
 pub mod table;
+pub mod tokens;
 pub mod validation;
 pub mod watch;
 mod write;
@@ -49,24 +52,34 @@ pub struct Api {
     pub types: schema::Types,
     pub openapi: openapi::OpenApi,
     pub tokens: Tokens,
+    /// Signs and verifies service account tokens.
+    pub signer: tokens::TokenSigner,
     /// Cancelled when the server stops: ends open watches.
     pub shutdown: CancellationToken,
     /// `host:port` clients reach this server at, for `/api`.
     pub advertise_address: String,
+    /// Where Service addresses come from.
+    pub ranges: allocator::Ranges,
 }
 
 impl Api {
-    pub fn new(store: SharedStorage, tokens: Tokens, shutdown: CancellationToken, advertise_address: String) -> Arc<Self> {
+    pub fn new(
+        store: SharedStorage,
+        tokens: Tokens,
+        signer: tokens::TokenSigner,
+        shutdown: CancellationToken,
+        advertise_address: String,
+        ranges: allocator::Ranges,
+    ) -> Arc<Self> {
         let registry = kinds::registry();
         let types = schema::Types::new(&registry);
         let openapi = openapi::OpenApi::new(&registry, &types);
-        Arc::new(Self { store, registry, types, openapi, tokens, shutdown, advertise_address })
+        Arc::new(Self { store, registry, types, openapi, tokens, signer, shutdown, advertise_address, ranges })
     }
 }
 
 /// The HTTP application: every route of the API server.
 pub fn router(api: Arc<Api>) -> Router {
-    let tokens = api.tokens.clone();
     Router::new()
         .route("/version", get(|| async { json_ok(&discovery::version()) }))
         .route("/api", get(|State(api): State<Arc<Api>>| async move { json_ok(&discovery::core_versions(&api.advertise_address)) }))
@@ -77,7 +90,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/openapi/v3", get(|State(api): State<Arc<Api>>| async move { json_ok(&api.openapi.index()) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .fallback(resources)
-        .layer(axum::middleware::from_fn(move |req, next| auth::authenticate(tokens.clone(), req, next)))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), auth::authenticate))
         .with_state(api)
 }
 

@@ -24,6 +24,8 @@ pub enum Subresource {
     Binding,
     /// `namespaces/finalize`: writes `spec.finalizers` only.
     Finalize,
+    /// `serviceaccounts/token`: issues a TokenRequest.
+    Token,
 }
 
 impl Subresource {
@@ -33,6 +35,7 @@ impl Subresource {
             Self::Scale => "scale",
             Self::Binding => "binding",
             Self::Finalize => "finalize",
+            Self::Token => "token",
         }
     }
 }

@@ -103,8 +103,12 @@ impl Ctx {
                 Ok(self.respond(StatusCode::CREATED, &obj))
             }
             (Verb::Create, Some(Subresource::Binding)) => {
-                let body = self.read_object(body).await?;
+                let body = self.read_body_as(body, "io.k8s.api.core.v1.Binding").await?;
                 self.bind(body).await
+            }
+            (Verb::Create, Some(Subresource::Token)) => {
+                let body = self.read_body_as(body, "io.k8s.api.authentication.v1.TokenRequest").await?;
+                self.token_request(body).await
             }
             (Verb::Update, None | Some(Subresource::Status | Subresource::Finalize)) => {
                 let body = self.read_object(body).await?;
@@ -176,10 +180,15 @@ impl Ctx {
     }
 
     async fn read_object(&self, body: Body) -> ApiResult<Value> {
+        self.read_body_as(body, &self.resource.strategy.schema_name()).await
+    }
+
+    /// Reads a JSON, YAML or protobuf body holding an object of `schema`.
+    async fn read_body_as(&self, body: Body, schema: &str) -> ApiResult<Value> {
         let bytes = codec::read_body(body).await?;
         let media = codec::content_type(&self.headers);
         if media == super::protobuf::MEDIA_TYPE {
-            return super::protobuf::decode(&bytes, &self.api.types, &self.resource.strategy.schema_name())
+            return super::protobuf::decode(&bytes, &self.api.types, schema)
                 .map_err(|e| ApiError::bad_request(format!("the protobuf body could not be decoded: {e}")));
         }
         codec::parse_body(&bytes, &media)

@@ -63,6 +63,8 @@ const LIST_SEMANTICS: &[ListSemantics] = &[
     list("io.k8s.api.core.v1.ReplicationControllerStatus", "conditions", "merge", "type", "map", &["type"]),
     list("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", "type", "map", &["type"]),
     list("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", "merge", "type", "map", &["type"]),
+    list("io.k8s.api.apps.v1.StatefulSetStatus", "conditions", "merge", "type", "map", &["type"]),
 ];
 
 /// Struct fields Kubernetes treats as retain-keys unions (patching one member clears the others).
@@ -88,6 +90,9 @@ impl Types {
         generator.subschema_for::<ListMeta>();
         generator.subschema_for::<Status>();
         generator.subschema_for::<DeleteOptions>();
+        // Bodies of subresources.
+        generator.subschema_for::<k8s_openapi::api::core::v1::Binding>();
+        generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
         Self::from_definitions(generator.take_definitions(true))
     }
 

@@ -6,6 +6,7 @@
 //! resourceVersion precondition.
 
 use super::admission;
+use super::allocator;
 use super::codec::{self, Output};
 use super::error::{ApiError, ApiResult, FieldError};
 use super::fields::{self, Manager};
@@ -156,13 +157,16 @@ impl Ctx {
         if r.tracks_generation {
             obj.set_meta("generation", 1);
         }
+        let display_name = if obj.name().is_empty() { obj.meta_str("generateName").unwrap_or("").to_owned() } else { obj.name().to_owned() };
         if obj.name().is_empty()
             && let Some(prefix) = obj.meta_str("generateName").filter(|p| !p.is_empty()) {
                 let name = generate_name(prefix);
                 obj.set_meta("name", name);
             }
-        let mut obj = self.admit(obj, None)?;
         admission::check_create(self, &obj).await?;
+        admission::mutate_create(self, &mut obj).await?;
+        let mut obj = self.admit(obj, None)?;
+        admission::check_quota(self, &obj, &display_name).await?;
         if !self.is_apply() {
             let (now, manager_name, api_version) = (now_rfc3339(), self.field_manager("unknown"), r.api_version());
             fields::track_update(None, &mut obj, &self.manager(&manager_name, &api_version, &now, None), self.schema_node());
@@ -171,12 +175,18 @@ impl Ctx {
         if self.query.dry_run()? {
             return Ok(obj);
         }
-        let rev = self
-            .api
-            .store
-            .create(&self.key(&name), encode_for_store(&obj))
-            .await
-            .map_err(|e| ApiError::from_store(e, r.error_name(), &name))?;
+        let taken = match allocator::allocates(&r) {
+            true => allocator::allocate(&self.api.store, &self.api.ranges, &mut obj, None).await?,
+            false => allocator::Taken::default(),
+        };
+        let created = self.api.store.create(&self.key(&name), encode_for_store(&obj)).await;
+        let rev = match created {
+            Ok(rev) => rev,
+            Err(e) => {
+                allocator::release(&self.api.store, &self.api.ranges, &taken).await;
+                return Err(ApiError::from_store(e, r.error_name(), &name));
+            }
+        };
         obj.set_meta("resourceVersion", rev.to_string());
         Ok(obj)
     }
@@ -284,7 +294,12 @@ impl Ctx {
                 return Ok(Attempt::Done(new));
             }
             return match self.api.store.delete(&key, Some(old_rev)).await {
-                Ok(_) => Ok(Attempt::Done(new)),
+                Ok(_) => {
+                    if allocator::allocates(&r) {
+                        allocator::release(&self.api.store, &self.api.ranges, &allocator::held(&self.api.ranges, old)).await;
+                    }
+                    Ok(Attempt::Done(new))
+                }
                 Err(crate::store::StoreError::Conflict { .. }) => Ok(Attempt::Retry),
                 Err(e) => Err(ApiError::from_store(e, r.error_name(), &name)),
             };
@@ -292,13 +307,25 @@ impl Ctx {
         if dry_run {
             return Ok(Attempt::Done(new));
         }
+        let taken = match allocator::allocates(&r) {
+            true => allocator::allocate(&self.api.store, &self.api.ranges, &mut new, Some(old)).await?,
+            false => allocator::Taken::default(),
+        };
         match self.api.store.update(&key, encode_for_store(&new), old_rev).await {
             Ok(rev) => {
+                if allocator::allocates(&r) {
+                    allocator::release(&self.api.store, &self.api.ranges, &allocator::dropped(&self.api.ranges, old, &new)).await;
+                }
                 new.set_meta("resourceVersion", rev.to_string());
                 Ok(Attempt::Done(new))
             }
-            Err(crate::store::StoreError::Conflict { .. }) => Ok(Attempt::Retry),
-            Err(e) => Err(ApiError::from_store(e, r.error_name(), &name)),
+            Err(e) => {
+                allocator::release(&self.api.store, &self.api.ranges, &taken).await;
+                match e {
+                    crate::store::StoreError::Conflict { .. } => Ok(Attempt::Retry),
+                    e => Err(ApiError::from_store(e, r.error_name(), &name)),
+                }
+            }
         }
     }
 
@@ -501,7 +528,12 @@ impl Ctx {
                 return Ok((StatusCode::OK, old));
             }
             match self.api.store.delete(&key, Some(kv.mod_revision)).await {
-                Ok(_) => return Ok((StatusCode::OK, deleted_response(&r, old))),
+                Ok(_) => {
+                    if allocator::allocates(&r) {
+                        allocator::release(&self.api.store, &self.api.ranges, &allocator::held(&self.api.ranges, &old)).await;
+                    }
+                    return Ok((StatusCode::OK, deleted_response(&r, old)));
+                }
                 Err(crate::store::StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, r.error_name(), &name)),
             }

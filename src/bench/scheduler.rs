@@ -130,7 +130,7 @@ pub async fn run(options: SchedulerBenchOptions) -> Result<(), Error> {
     let decisions = decisions_per_second(nodes, pods)?;
     println!("scheduling decisions/s, in-process (no API):      {decisions:.0}");
 
-    let (server, _) = start_server(&["--fake-nodes", &nodes.to_string()])?;
+    let (server, _) = start_server(&["--disable-agent", "--fake-nodes", &nodes.to_string()])?;
     let pid = server.child.id();
     let client = client(&server.kubeconfig).await?;
     wait_for_nodes(&client, nodes).await?;

@@ -9,33 +9,35 @@
 //! never causes double creation.
 
 use super::Context;
+use super::ownership::{Owner, claim, controller_reference, nonempty_selector, owners_to_wake};
+use super::pods::{PodControl, available, from_template, is_active, ready_since, sooner};
 use crate::api::selector::LabelSelector;
-use crate::runtime::{Change, Controller, Error, EventType, Informer, Next, Reconciler, Recorder, key_of, owner_keys, reference, split_key};
+use crate::runtime::{Change, Controller, Error, Informer, Next, Reconciler, split_key};
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// At most this many pods are created or deleted per reconcile.
 const BURST: usize = 500;
-/// Expectations older than this are assumed met (an event was lost).
-const EXPECTATIONS_TTL: Duration = Duration::from_secs(300);
 
 /// A kind that keeps N copies of a pod template running.
-pub trait Replicated: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + serde::Serialize + Debug + Send + Sync + 'static {
+pub trait Replicated: Owner {
     const COMPONENT: &'static str;
     fn replicas(&self) -> i32;
-    fn selector(&self) -> Option<LabelSelector>;
     fn template(&self) -> Option<&PodTemplateSpec>;
     fn min_ready_seconds(&self) -> i32;
+}
+
+impl Owner for ReplicaSet {
+    fn selector(&self) -> Option<LabelSelector> {
+        nonempty_selector(&self.spec.as_ref()?.selector)
+    }
 }
 
 impl Replicated for ReplicaSet {
@@ -43,14 +45,18 @@ impl Replicated for ReplicaSet {
     fn replicas(&self) -> i32 {
         self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
     }
-    fn selector(&self) -> Option<LabelSelector> {
-        LabelSelector::from_k8s(&self.spec.as_ref()?.selector).ok().filter(|s| !s.is_empty())
-    }
     fn template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref()?.template.as_ref()
     }
     fn min_ready_seconds(&self) -> i32 {
         self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+    }
+}
+
+impl Owner for ReplicationController {
+    fn selector(&self) -> Option<LabelSelector> {
+        let labels = self.spec.as_ref()?.selector.clone()?;
+        LabelSelector::from_match(&labels, &[]).ok().filter(|s| !s.is_empty())
     }
 }
 
@@ -59,10 +65,6 @@ impl Replicated for ReplicationController {
     fn replicas(&self) -> i32 {
         self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
     }
-    fn selector(&self) -> Option<LabelSelector> {
-        let labels = self.spec.as_ref()?.selector.clone()?;
-        LabelSelector::from_match(&labels, &[]).ok().filter(|s| !s.is_empty())
-    }
     fn template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref()?.template.as_ref()
     }
@@ -71,75 +73,26 @@ impl Replicated for ReplicationController {
     }
 }
 
-/// What a controller just did and waits to see in its cache.
-#[derive(Default)]
-struct Expected {
-    created: HashSet<String>,
-    deleted: HashSet<String>,
-    at: Option<Instant>,
-}
-
 pub struct ReplicaController<R> {
     owners: Informer<R>,
     pods: Informer<Pod>,
     client: kube::Client,
-    recorder: Recorder,
-    expectations: Mutex<HashMap<String, Expected>>,
+    control: PodControl,
 }
 
 /// Runs the controller for `R` until shutdown.
 pub async fn run<R: Replicated>(ctx: Context) {
     let owners = ctx.informers.get::<R>();
     let pods = ctx.informers.get::<Pod>();
-    let kind = R::kind(&()).into_owned();
-    let orphans_owners = owners.clone();
-    let controller = Controller::new(R::COMPONENT, ctx.options.workers).owns_kind(&owners).watch(&pods, move |change: &Change<Pod>| {
-        let mut keys = owner_keys(change, &kind);
-        // An orphan that matches a selector may be adopted.
-        if keys.is_empty() && !change.object().metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|o| o.controller == Some(true))) {
-            let pod = change.object();
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
-            keys.extend(
-                orphans_owners
-                    .list_namespace(pod.metadata.namespace.as_deref().unwrap_or(""))
-                    .iter()
-                    .filter(|o| o.selector().is_some_and(|s| s.matches(&labels)))
-                    .map(|o| key_of(o.as_ref())),
-            );
-        }
-        keys
-    });
+    let wake = owners.clone();
+    let controller = Controller::new(R::COMPONENT, ctx.options.workers).owns_kind(&owners).watch(&pods, move |change: &Change<Pod>| owners_to_wake(change, &wake));
     let reconciler = Arc::new(ReplicaController {
         owners,
-        pods,
+        pods: pods.clone(),
         client: ctx.client.clone(),
-        recorder: ctx.recorder(R::COMPONENT),
-        expectations: Mutex::new(HashMap::new()),
+        control: PodControl::new(ctx.client.clone(), pods, ctx.recorder(R::COMPONENT)),
     });
     controller.run(reconciler, ctx.shutdown.clone()).await;
-}
-
-/// Whether a pod still counts: not finished and not being deleted.
-pub fn is_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-    phase != "Succeeded" && phase != "Failed" && pod.metadata.deletion_timestamp.is_none()
-}
-
-/// The time since which a pod has been Ready, if it is.
-pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
-    let condition = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
-    (condition.status == "True").then(|| condition.last_transition_time.as_ref().map_or(jiff::Timestamp::UNIX_EPOCH, |t| t.0))
-}
-
-/// Whether a pod has been Ready for `min_ready_seconds`; else how long until it will be.
-pub fn available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> Result<(), Option<Duration>> {
-    let since = ready_since(pod).ok_or(None)?;
-    let ready_for = now.duration_since(since).as_secs_f64();
-    if min_ready_seconds <= 0 || ready_for >= f64::from(min_ready_seconds) {
-        Ok(())
-    } else {
-        Err(Some(Duration::from_secs_f64(f64::from(min_ready_seconds) - ready_for)))
-    }
 }
 
 /// Upstream's order of pods to delete first when scaling down: unscheduled,
@@ -165,136 +118,17 @@ fn deletion_rank(pod: &Pod) -> (bool, u8, bool, std::cmp::Reverse<i64>, std::cmp
     )
 }
 
-fn owner_reference<R: Replicated>(owner: &R) -> OwnerReference {
-    OwnerReference {
-        api_version: R::api_version(&()).into_owned(),
-        kind: R::kind(&()).into_owned(),
-        name: owner.name_any(),
-        uid: owner.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-fn is_controlled_by(pod: &Pod, uid: &str) -> bool {
-    pod.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|o| o.controller == Some(true) && o.uid == uid))
-}
-
-fn has_controller(pod: &Pod) -> bool {
-    pod.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|o| o.controller == Some(true)))
-}
-
 impl<R: Replicated> ReplicaController<R> {
-    /// Whether the cache reflects everything this controller did for `key`.
-    fn expectations_met(&self, key: &str) -> bool {
-        let mut all = self.expectations.lock().expect("expectations lock");
-        let Some(e) = all.get_mut(key) else { return true };
-        if e.at.is_some_and(|at| at.elapsed() > EXPECTATIONS_TTL) {
-            all.remove(key);
-            return true;
-        }
-        let (ns, _) = split_key(key);
-        e.created.retain(|name| self.pods.get(&format!("{ns}/{name}")).is_none());
-        e.deleted.retain(|name| self.pods.get(&format!("{ns}/{name}")).is_some_and(|p| p.metadata.deletion_timestamp.is_none()));
-        let met = e.created.is_empty() && e.deleted.is_empty();
-        if met {
-            all.remove(key);
-        }
-        met
-    }
-
-    fn expect(&self, key: &str, created: impl IntoIterator<Item = String>, deleted: impl IntoIterator<Item = String>) {
-        let mut all = self.expectations.lock().expect("expectations lock");
-        let e = all.entry(key.to_owned()).or_default();
-        e.created.extend(created);
-        e.deleted.extend(deleted);
-        e.at = Some(Instant::now());
-    }
-
-    /// Adopts matching orphans and releases owned pods that no longer match.
-    async fn claim(&self, owner: &R, selector: &LabelSelector, pods: Vec<Arc<Pod>>) -> Result<Vec<Arc<Pod>>, Error> {
-        let uid = owner.uid().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &owner.namespace().unwrap_or_default());
-        let mut owned = Vec::new();
-        for pod in pods {
-            let matches = selector.matches(&pod.metadata.labels.clone().unwrap_or_default());
-            if is_controlled_by(&pod, &uid) {
-                if matches {
-                    owned.push(pod);
-                } else {
-                    let patch = json!({"metadata": {"ownerReferences": [{"$patch": "delete", "uid": uid}], "uid": pod.uid()}});
-                    api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&patch)).await?;
-                }
-            } else if matches && !has_controller(&pod) && pod.metadata.deletion_timestamp.is_none() && owner.meta().deletion_timestamp.is_none() {
-                let patch = json!({"metadata": {"ownerReferences": [owner_reference(owner)], "uid": pod.uid()}});
-                let adopted = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&patch)).await?;
-                owned.push(Arc::new(adopted));
-            }
-        }
-        Ok(owned)
-    }
-
     async fn create_pods(&self, owner: &R, key: &str, count: usize) -> Result<(), Error> {
-        let template = owner.template().cloned().unwrap_or_default();
-        let template_meta = template.metadata.unwrap_or_default();
-        let pod = Pod {
-            metadata: kube::api::ObjectMeta {
-                generate_name: Some(format!("{}-", owner.name_any())),
-                labels: template_meta.labels,
-                annotations: template_meta.annotations,
-                owner_references: Some(vec![owner_reference(owner)]),
-                ..Default::default()
-            },
-            spec: template.spec,
-            status: None,
-        };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &owner.namespace().unwrap_or_default());
-        let (mut remaining, mut batch) = (count, 1usize);
-        let params = PostParams::default();
-        while remaining > 0 {
-            let size = batch.min(remaining);
-            let results = futures::future::join_all((0..size).map(|_| api.create(&params, &pod))).await;
-            let mut failure = None;
-            let created: Vec<String> = results
-                .into_iter()
-                .filter_map(|r| match r {
-                    Ok(p) => Some(p.name_any()),
-                    Err(e) => {
-                        failure = Some(e);
-                        None
-                    }
-                })
-                .collect();
-            for name in &created {
-                self.recorder.record(reference(owner), EventType::Normal, "SuccessfulCreate", format!("Created pod: {name}"));
-            }
-            self.expect(key, created, []);
-            if let Some(e) = failure {
-                self.recorder.record(reference(owner), EventType::Warning, "FailedCreate", format!("Error creating: {e}"));
-                return Err(e.into());
-            }
-            remaining -= size;
-            batch *= 2;
-        }
-        Ok(())
+        let mut pod = from_template(&owner.template().cloned().unwrap_or_default(), controller_reference(owner));
+        pod.metadata.generate_name = Some(format!("{}-", owner.name_any()));
+        self.control.create(owner, key, vec![pod; count]).await
     }
 
     async fn delete_pods(&self, owner: &R, key: &str, mut pods: Vec<Arc<Pod>>, count: usize) -> Result<(), Error> {
         pods.sort_by_cached_key(|p| deletion_rank(p));
-        let victims: Vec<Arc<Pod>> = pods.into_iter().take(count).collect();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &owner.namespace().unwrap_or_default());
-        self.expect(key, [], victims.iter().map(|p| p.name_any()));
-        let params = DeleteParams::default();
-        let names: Vec<String> = victims.iter().map(|p| p.name_any()).collect();
-        let results = futures::future::join_all(names.iter().map(|name| api.delete(name, &params))).await;
-        for (pod, result) in victims.iter().zip(results) {
-            match result {
-                Ok(_) => self.recorder.record(reference(owner), EventType::Normal, "SuccessfulDelete", format!("Deleted pod: {}", pod.name_any())),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        let victims = pods.iter().take(count).map(|p| p.name_any()).collect();
+        self.control.delete(owner, key, victims).await
     }
 
     /// Writes status through `/status` when it changed; returns when to look again
@@ -314,8 +148,7 @@ impl<R: Replicated> ReplicaController<R> {
             }
             match available(pod, owner.min_ready_seconds(), now) {
                 Ok(()) => available_count += 1,
-                Err(Some(wait)) => next_check = Some(next_check.map_or(wait, |n| n.min(wait))),
-                Err(None) => {}
+                Err(wait) => next_check = sooner(next_check, wait),
             }
         }
         let current = serde_json::to_value(owner)?.get("status").cloned().unwrap_or(json!({}));
@@ -337,14 +170,14 @@ impl<R: Replicated> ReplicaController<R> {
 impl<R: Replicated> Reconciler for ReplicaController<R> {
     async fn reconcile(&self, key: &str) -> Result<Next, Error> {
         let Some(owner) = self.owners.get(key) else {
-            self.expectations.lock().expect("expectations lock").remove(key);
+            self.control.forget(key);
             return Ok(Next::Done);
         };
         let Some(selector) = owner.selector() else { return Ok(Next::Done) };
         let (namespace, _) = split_key(key);
         let candidates: Vec<Arc<Pod>> = self.pods.list_namespace(namespace).into_iter().filter(|p| is_active(p)).collect();
-        let owned = self.claim(owner.as_ref(), &selector, candidates).await?;
-        if owner.meta().deletion_timestamp.is_none() && self.expectations_met(key) {
+        let owned = claim(&self.client, owner.as_ref(), &selector, candidates).await?;
+        if owner.meta().deletion_timestamp.is_none() && self.control.satisfied(key) {
             let desired = owner.replicas().max(0) as usize;
             if owned.len() < desired {
                 self.create_pods(owner.as_ref(), key, (desired - owned.len()).min(BURST)).await?;
@@ -390,7 +223,7 @@ mod tests {
 
     #[test]
     fn scale_down_removes_unscheduled_then_pending_then_unready_then_newest() {
-        let mut pods = vec![
+        let mut pods = [
             pod("old-ready", Some("n"), "Running", Some(100), 10),
             pod("new-ready", Some("n"), "Running", Some(200), 20),
             pod("unready", Some("n"), "Running", None, 5),
@@ -400,14 +233,5 @@ mod tests {
         pods.sort_by_key(deletion_rank);
         let order: Vec<&str> = pods.iter().map(|p| p.metadata.name.as_deref().unwrap()).collect();
         assert_eq!(order, ["unscheduled", "pending", "unready", "new-ready", "old-ready"]);
-    }
-
-    #[test]
-    fn a_pod_is_available_after_min_ready_seconds() {
-        let now = jiff::Timestamp::from_second(1000).unwrap();
-        let p = pod("p", Some("n"), "Running", Some(995), 0);
-        assert!(available(&p, 0, now).is_ok());
-        assert_eq!(available(&p, 10, now), Err(Some(Duration::from_secs(5))));
-        assert_eq!(available(&pod("q", None, "Pending", None, 0), 0, now), Err(None));
     }
 }

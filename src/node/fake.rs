@@ -2,6 +2,11 @@
 //! and move the pods bound to them to Running and Ready without running
 //! anything, so the control plane can be exercised and measured at a thousand
 //! nodes on one small machine. They talk to the API like any node agent.
+//!
+//! Simulation knob: annotating a fake node `rk.io/fake-node-stopped: "true"`
+//! makes it behave as a node whose kubelet died (no Lease renewals, nothing
+//! done for its pods), so node failure handling can be exercised; removing the
+//! annotation brings it back, reporting Ready as a restarted kubelet would.
 
 use crate::runtime::{Change, Controller, Error, Informer, Informers, Next, Reconciler, split_key};
 use async_trait::async_trait;
@@ -20,11 +25,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How often each fake node renews its Lease (the kubelet's default).
-const LEASE_RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How often the kubelet renews its Lease by default.
+const KUBELET_LEASE_RENEW_EVERY: Duration = Duration::from_secs(10);
 const LEASE_DURATION_SECONDS: i32 = 40;
 /// Label every fake node carries, so tests and users can tell them apart.
 pub const FAKE_NODE_LABEL: &str = "rk.io/fake-node";
+/// The simulation knob: a fake node annotated with this set to "true" stops.
+pub const STOPPED_ANNOTATION: &str = "rk.io/fake-node-stopped";
+
+/// How often fake nodes renew their Leases: the kubelet's 10 s, or a quarter of
+/// the node monitor grace period when that is shorter (tests shorten it), so a
+/// running fake node is never taken for a dead one.
+pub fn lease_renew_interval(node_monitor_grace_period: Duration) -> Duration {
+    (node_monitor_grace_period / 4).clamp(Duration::from_millis(100), KUBELET_LEASE_RENEW_EVERY)
+}
+
+fn is_stopped(node: &Node) -> bool {
+    node.metadata.annotations.as_ref().and_then(|a| a.get(STOPPED_ANNOTATION)).is_some_and(|v| v == "true")
+}
+
+fn ready_status(node: &Node) -> Option<&str> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
+}
 
 pub fn node_name(index: usize) -> String {
     format!("fake-{index}")
@@ -108,9 +130,9 @@ fn node(index: usize) -> Node {
     }
 }
 
-/// Registers `count` fake nodes, keeps their Leases fresh and runs their pods
-/// until `shutdown`.
-pub async fn run(informers: Arc<Informers>, count: usize, shutdown: CancellationToken) {
+/// Registers `count` fake nodes, renews their Leases every `renew_every` and
+/// runs their pods until `shutdown`.
+pub async fn run(informers: Arc<Informers>, count: usize, renew_every: Duration, shutdown: CancellationToken) {
     let client = informers.client().clone();
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -120,16 +142,27 @@ pub async fn run(informers: Arc<Informers>, count: usize, shutdown: Cancellation
         }
     }
     tracing::info!(count, "fake nodes registered");
-    tokio::spawn(renew_leases(leases, count, shutdown.clone()));
+    let node_cache = informers.get::<Node>();
+    tokio::spawn(renew_leases(leases, nodes, node_cache.clone(), count, renew_every, shutdown.clone()));
     let pods = informers.get::<Pod>();
-    let controller = Controller::new("fake-kubelet", 8).watch(&pods, |change: &Change<Pod>| {
-        let pod = change.object();
-        match (&change, pod.spec.as_ref().and_then(|s| s.node_name.as_deref())) {
-            (Change::Applied { .. }, Some(node)) if node.starts_with("fake-") => vec![crate::runtime::key_of(pod.as_ref())],
+    let pods_of_node = pods.clone();
+    let controller = Controller::new("fake-kubelet", 8)
+        .watch(&pods, |change: &Change<Pod>| {
+            let pod = change.object();
+            match (&change, pod.spec.as_ref().and_then(|s| s.node_name.as_deref())) {
+                (Change::Applied { .. }, Some(node)) if node.starts_with("fake-") => vec![crate::runtime::key_of(pod.as_ref())],
+                _ => vec![],
+            }
+        })
+        .watch(&node_cache, move |change: &Change<Node>| match change {
+            // A node coming back catches up with what happened to its pods meanwhile.
+            Change::Applied { old: Some(old), new } if is_stopped(old) && !is_stopped(new) => {
+                let name = new.metadata.name.clone();
+                pods_of_node.filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()) == name.as_ref()).iter().map(|p| crate::runtime::key_of(p.as_ref())).collect()
+            }
             _ => vec![],
-        }
-    });
-    let kubelet = Arc::new(FakeKubelet { pods, client, addresses: Mutex::new(HashMap::new()) });
+        });
+    let kubelet = Arc::new(FakeKubelet { pods, nodes: node_cache, client, addresses: Mutex::new(HashMap::new()) });
     controller.run(kubelet, shutdown).await;
 }
 
@@ -144,17 +177,29 @@ async fn register(nodes: &Api<Node>, index: usize) -> Result<(), kube::Error> {
     }
 }
 
-/// Renews every fake node's Lease each period, spread over the period.
-async fn renew_leases(leases: Api<Lease>, count: usize, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(LEASE_RENEW_EVERY);
+/// Renews every running fake node's Lease each period, spread over the
+/// period, and reports it Ready again if it was marked otherwise.
+async fn renew_leases(leases: Api<Lease>, nodes: Api<Node>, node_cache: Informer<Node>, count: usize, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let pause = LEASE_RENEW_EVERY.checked_div(count.max(1) as u32 * 2).unwrap_or_default();
+        let pause = every.checked_div(count.max(1) as u32 * 2).unwrap_or_default();
         for index in 0..count {
             let name = node_name(index);
+            let cached = node_cache.get(&name);
+            if cached.as_deref().is_some_and(is_stopped) {
+                continue;
+            }
+            if cached.as_deref().is_some_and(|n| ready_status(n) != Some("True")) {
+                let ready = node(index).status.and_then(|s| s.conditions).unwrap_or_default();
+                let patch = json!({ "status": { "conditions": ready } });
+                if let Err(e) = nodes.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+                    tracing::debug!(error = %e, node = name, "node status not reported");
+                }
+            }
             let lease = Lease {
                 metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
                 spec: Some(LeaseSpec {
@@ -178,6 +223,7 @@ async fn renew_leases(leases: Api<Lease>, count: usize, shutdown: CancellationTo
 /// Plays the kubelet for pods bound to fake nodes.
 struct FakeKubelet {
     pods: Informer<Pod>,
+    nodes: Informer<Node>,
     client: kube::Client,
     /// Next free host number per node, for pod IPs.
     addresses: Mutex<HashMap<String, u32>>,
@@ -192,6 +238,15 @@ impl FakeKubelet {
         *host += 1;
         ip
     }
+}
+
+/// Whether the node lifecycle controller took the pod's readiness away while its
+/// node was unreachable (and nothing else did).
+fn marked_not_ready_by_node_lifecycle(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "False" && c.reason.as_deref() == Some(crate::controllers::nodelifecycle::NODE_NOT_READY_REASON)))
 }
 
 fn running_status(pod: &Pod, host_ip: &str, pod_ip: String) -> PodStatus {
@@ -244,6 +299,10 @@ fn running_status(pod: &Pod, host_ip: &str, pod_ip: String) -> PodStatus {
 impl Reconciler for FakeKubelet {
     async fn reconcile(&self, key: &str) -> Result<Next, Error> {
         let Some(pod) = self.pods.get(key) else { return Ok(Next::Done) };
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        if self.nodes.get(&node).is_some_and(|n| is_stopped(&n)) {
+            return Ok(Next::Done);
+        }
         let (namespace, name) = split_key(key);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         if pod.metadata.deletion_timestamp.is_some() {
@@ -257,13 +316,73 @@ impl Reconciler for FakeKubelet {
             return Ok(Next::Done);
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-        if phase != "Pending" {
+        if phase == "Running" && marked_not_ready_by_node_lifecycle(&pod) {
+            // Marked not ready while its node was away: it runs, so it is ready.
+            let ready = json!({ "status": { "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": Time(jiff::Timestamp::now()) }] } });
+            api.patch_status(name, &PatchParams::default(), &Patch::Strategic(ready)).await?;
             return Ok(Next::Done);
         }
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-        let index: usize = node.trim_start_matches("fake-").parse().unwrap_or(0);
-        let status = running_status(&pod, &node_ip(index), self.pod_ip(&node));
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
-        Ok(Next::Done)
+        let runs_to_completion = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).is_some_and(|p| p != "Always");
+        match phase {
+            "Pending" => {
+                let index: usize = node.trim_start_matches("fake-").parse().unwrap_or(0);
+                let status = running_status(&pod, &node_ip(index), self.pod_ip(&node));
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+                Ok(if runs_to_completion { Next::After(run_time(&pod)) } else { Next::Done })
+            }
+            "Running" if runs_to_completion => {
+                let started = pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or(jiff::Timestamp::now(), |t| t.0);
+                let elapsed = Duration::from_millis((jiff::Timestamp::now().as_millisecond() - started.as_millisecond()).max(0) as u64);
+                if elapsed < run_time(&pod) {
+                    return Ok(Next::After(run_time(&pod) - elapsed));
+                }
+                let exit_code: i32 = pod.annotations().get(FAKE_EXIT_CODE).and_then(|c| c.parse().ok()).unwrap_or(0);
+                let status = finished_status(&pod, exit_code);
+                // Strategic: conditions merge by type, keeping PodScheduled and Initialized.
+                api.patch_status(name, &PatchParams::default(), &Patch::Strategic(json!({ "status": status }))).await?;
+                Ok(Next::Done)
+            }
+            _ => Ok(Next::Done),
+        }
     }
+}
+
+/// Pods that run to completion (restartPolicy Never or OnFailure) "run" this
+/// long on a fake node (annotation `rk.io/fake-run-seconds`, default 1).
+const FAKE_RUN_SECONDS: &str = "rk.io/fake-run-seconds";
+/// ... and exit with this code (annotation `rk.io/fake-exit-code`, default 0).
+const FAKE_EXIT_CODE: &str = "rk.io/fake-exit-code";
+
+fn run_time(pod: &Pod) -> Duration {
+    let seconds: f64 = pod.annotations().get(FAKE_RUN_SECONDS).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0))
+}
+
+/// The status of a pod whose containers all exited with `exit_code`.
+fn finished_status(pod: &Pod, exit_code: i32) -> serde_json::Value {
+    let now = Time(jiff::Timestamp::now());
+    let (phase, reason) = if exit_code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
+    let statuses: Vec<ContainerStatus> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            let started_at = c.state.as_ref().and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.clone());
+            c.state = Some(ContainerState {
+                terminated: Some(ContainerStateTerminated { exit_code, reason: Some(reason.into()), started_at, finished_at: Some(now.clone()), ..Default::default() }),
+                ..Default::default()
+            });
+            c.ready = false;
+            c.started = Some(false);
+            c
+        })
+        .collect();
+    let not_ready = |type_: &str| json!({ "type": type_, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now });
+    json!({
+        "phase": phase,
+        "containerStatuses": statuses,
+        "conditions": [not_ready("Ready"), not_ready("ContainersReady")],
+    })
 }

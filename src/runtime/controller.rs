@@ -33,11 +33,13 @@ pub struct Controller {
     name: &'static str,
     queue: Arc<WorkQueue>,
     workers: usize,
+    /// Completes when every informer feeding the controller has its first list.
+    synced: Vec<futures::future::BoxFuture<'static, ()>>,
 }
 
 impl Controller {
     pub fn new(name: &'static str, workers: usize) -> Self {
-        Self { name, queue: WorkQueue::new(), workers: workers.max(1) }
+        Self { name, queue: WorkQueue::new(), workers: workers.max(1), synced: Vec::new() }
     }
 
     pub fn queue(&self) -> Arc<WorkQueue> {
@@ -45,12 +47,14 @@ impl Controller {
     }
 
     /// Queues the keys `to_keys` maps each change of `informer` to.
-    pub fn watch<K, F>(self, informer: &Informer<K>, to_keys: F) -> Self
+    pub fn watch<K, F>(mut self, informer: &Informer<K>, to_keys: F) -> Self
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         F: Fn(&Change<K>) -> Vec<String> + Send + 'static,
     {
         let mut changes = informer.subscribe();
+        let synced = informer.clone();
+        self.synced.push(Box::pin(async move { synced.wait_synced().await }));
         let queue = self.queue.clone();
         tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
@@ -70,8 +74,14 @@ impl Controller {
         self.watch(informer, |c| vec![key_of(c.object().as_ref())])
     }
 
-    /// Runs the workers until `shutdown`.
+    /// Runs the workers until `shutdown`, once every informer has synced: a
+    /// reconcile must never act on a cache that has not seen the world yet (an
+    /// object whose owner is merely not cached yet would look orphaned).
     pub async fn run(self, reconciler: Arc<dyn Reconciler>, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = futures::future::join_all(self.synced) => {}
+            _ = shutdown.cancelled() => return,
+        }
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..self.workers {
             let (queue, reconciler, name) = (self.queue.clone(), reconciler.clone(), self.name);

@@ -22,12 +22,15 @@ pub enum EventType {
     Warning,
 }
 
+/// Recent events by fingerprint: the Event's name, its count, when last seen.
+type Seen = HashMap<String, (String, i32, Instant)>;
+
 #[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
     component: String,
     host: Option<String>,
-    seen: Arc<Mutex<HashMap<String, (String, i32, Instant)>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 /// A reference to `obj` for an Event's `involvedObject`.

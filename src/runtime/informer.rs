@@ -1,10 +1,13 @@
 //! Informers: one list+watch per resource type (kube-runtime's `watcher` does the
 //! listing, watching, resuming and relisting on 410), a local cache, and change
 //! notifications with the previous object, fanned out to every subscriber.
-//! `Informers` shares them, so each resource is watched once per process.
+//! `Informers` shares them, so each resource is watched once per process: typed
+//! ones for the kinds a component knows, metadata-only ones for any kind found
+//! by discovery (the garbage collector and quota need those).
 
-use futures::StreamExt;
-use kube::api::Api;
+use futures::{Stream, StreamExt, TryStreamExt};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -80,11 +83,28 @@ where
 {
     /// Starts watching `api` (with `config`'s selectors) until `shutdown`.
     pub fn start(api: Api<K>, config: watcher::Config, shutdown: CancellationToken) -> Self {
+        Self::from_stream(K::kind(&()).into_owned(), watcher(api, config), shutdown)
+    }
+}
+
+/// A metadata-only view of objects of a kind known from discovery.
+pub type MetadataInformer = Informer<PartialObjectMeta<DynamicObject>>;
+
+impl<K> Informer<K>
+where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+{
+    /// Caches and fans out the events of a watcher stream until `shutdown`.
+    pub fn from_stream(
+        kind: String,
+        stream: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+        shutdown: CancellationToken,
+    ) -> Self {
         let shared = Arc::new(Shared { cache: RwLock::new(HashMap::new()), subscribers: Mutex::new(Vec::new()) });
         let (synced_tx, synced) = watch::channel(false);
         let task_shared = shared.clone();
         tokio::spawn(async move {
-            let mut stream = watcher(api, config).boxed();
+            let mut stream = stream.boxed();
             let mut buffer: Option<HashMap<String, Arc<K>>> = None;
             loop {
                 let event = tokio::select! {
@@ -94,7 +114,7 @@ where
                 match event {
                     None => return,
                     Some(Err(e)) => {
-                        tracing::debug!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+                        tracing::debug!(kind = %kind, error = %e, "watch failed; retrying");
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }
                     Some(Ok(watcher::Event::Init)) => buffer = Some(HashMap::new()),
@@ -191,11 +211,13 @@ pub struct Informers {
     client: kube::Client,
     shutdown: CancellationToken,
     started: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    /// Metadata informers by `group/version/plural`.
+    metadata: Mutex<HashMap<String, MetadataInformer>>,
 }
 
 impl Informers {
     pub fn new(client: kube::Client, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(Self { client, shutdown, started: Mutex::new(HashMap::new()) })
+        Arc::new(Self { client, shutdown, started: Mutex::new(HashMap::new()), metadata: Mutex::new(HashMap::new()) })
     }
 
     pub fn client(&self) -> &kube::Client {
@@ -212,5 +234,21 @@ impl Informers {
             Box::new(Informer::start(Api::<K>::all(self.client.clone()), watcher::Config::default(), self.shutdown.clone()))
         });
         entry.downcast_ref::<Informer<K>>().expect("informers are stored by their type").clone()
+    }
+
+    /// The all-namespaces metadata informer for the kind `resource` (managed
+    /// fields dropped: nobody reading metadata needs them, and they are most of it).
+    pub fn metadata(&self, resource: &ApiResource) -> MetadataInformer {
+        let key = format!("{}/{}/{}", resource.group, resource.version, resource.plural);
+        let mut started = self.metadata.lock().expect("informers lock");
+        started
+            .entry(key)
+            .or_insert_with(|| {
+                let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(self.client.clone(), resource);
+                let stream = watcher(api, watcher::Config::default())
+                    .map_ok(|event| event.modify(|o| o.metadata.managed_fields = None));
+                Informer::from_stream(resource.kind.clone(), stream, self.shutdown.clone())
+            })
+            .clone()
     }
 }

@@ -11,5 +11,5 @@ pub mod queue;
 
 pub use controller::{Controller, Error, Next, Reconciler, controller_key, owner_keys};
 pub use events::{EventType, Recorder, reference};
-pub use informer::{Change, Informer, Informers, key_of, split_key};
+pub use informer::{Change, Informer, Informers, MetadataInformer, key_of, split_key};
 pub use queue::WorkQueue;

@@ -39,8 +39,10 @@ impl Default for Profile {
         Profile {
             filters: vec![
                 Box::new(filters::NodeUnschedulable),
-                Box::new(filters::NodeReady),
+                // Before NodeReady, so a node the lifecycle controller has tainted
+                // not-ready reads as upstream words it.
                 Box::new(filters::TaintToleration),
+                Box::new(filters::NodeReady),
                 Box::new(filters::NodeAffinity),
                 Box::new(filters::NodePorts),
                 Box::new(filters::NodeResourcesFit),

@@ -15,17 +15,46 @@ pub struct Server {
     args: Vec<String>,
     /// The port of the first start, kept across restarts so clients can reconnect.
     port: u16,
+    /// The embedded node agent's node name, if it runs one.
+    pub node: Option<String>,
+    /// Whether the service proxy programs this host's nf_tables (off unless a test opts in).
+    pub proxy: bool,
 }
 
 impl Server {
-    /// Starts `rk server` and waits until it answers.
+    /// Starts `rk server` without a node agent and waits until it answers.
     pub fn start() -> Server {
         Self::start_with(&[])
     }
 
+    /// Starts `rk server` with extra arguments and no node agent (no Docker needed).
     pub fn start_with(args: &[&str]) -> Server {
+        let mut all = vec!["--disable-agent"];
+        all.extend_from_slice(args);
+        Self::launch(&all, None, false)
+    }
+
+    /// Starts `rk server` with its embedded node agent on Docker, under a node
+    /// name of its own so concurrent tests never touch each other's containers.
+    pub fn start_with_agent(args: &[&str]) -> Server {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let node = format!("rk-test-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let mut all = vec!["--node-name", node.as_str()];
+        all.extend_from_slice(args);
+        Self::launch(&all, Some(node.clone()), false)
+    }
+
+    /// Starts `rk server` (no node agent) with its service proxy, which programs
+    /// the nf_tables of the network namespace the calling thread is in (root only).
+    pub fn start_with_proxy(args: &[&str]) -> Server {
+        let mut all = vec!["--disable-agent"];
+        all.extend_from_slice(args);
+        Self::launch(&all, None, true)
+    }
+
+    fn launch(args: &[&str], node: Option<String>, proxy: bool) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0 };
+        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0, node, proxy };
         server.spawn();
         server
     }
@@ -44,6 +73,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_rk"))
             .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", &self.port.to_string()])
             .args(&self.args)
+            .args((!self.proxy).then_some("--disable-proxy"))
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--write-kubeconfig")
@@ -87,6 +117,17 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// SIGKILL, then start again on the same data directory with other extra arguments.
+    pub fn restart_with_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
+    /// The extra arguments this server runs with.
+    pub fn args(&self) -> Vec<String> {
+        self.args.clone()
     }
 
     /// Runs kubectl against this server with a private discovery cache.
@@ -144,6 +185,27 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        if let Some(node) = &self.node {
+            remove_node_containers(node);
+            unmount_below(self.dir.path());
+        }
+    }
+}
+
+/// Removes every container the agent of `node` left behind.
+pub fn remove_node_containers(node: &str) {
+    let ids = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=io.rk.node={node}")]).output();
+    let ids: Vec<String> = ids.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
+    if !ids.is_empty() {
+        let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// Unmounts what an agent mounted under `dir` (memory-backed emptyDirs), so it can be removed.
+fn unmount_below(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for target in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| Path::new(t).starts_with(dir)) {
+        let _ = Command::new("umount").args(["-l", target]).status();
     }
 }
 

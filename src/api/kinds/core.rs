@@ -167,6 +167,7 @@ fn secrets() -> Resource {
 fn serviceaccounts() -> Resource {
     ResourceBuilder::<ServiceAccount>::new()
         .short_names(&["sa"])
+        .subresources(&[Subresource::Token])
         .columns(vec![
             Column::name(),
             Column::new("Secrets", "string", "Number of secrets", |sa: &ServiceAccount| {

@@ -3,9 +3,14 @@
 //! lifecycle) that make it behave as upstream. Adding a kind means adding an entry
 //! here, not a handler.
 
+mod batch;
 mod core;
 mod pods;
+mod revisioned;
 mod workloads;
+
+/// Kubernetes quantities in nano-units, for the node agent's resource arithmetic.
+pub use pods::parse_quantity;
 
 use super::registry::{Registry, Resource};
 use serde_json::{Value, json};
@@ -16,11 +21,21 @@ pub fn all() -> Vec<Resource> {
     let mut resources = core::resources();
     resources.push(workloads::pods());
     resources.extend(workloads::resources());
+    resources.extend(batch::resources());
+    resources.extend(revisioned::resources());
     resources
 }
 
 pub fn registry() -> Registry {
     Registry::new(all())
+}
+
+/// Container names and images of a pod template, for wide output.
+fn containers_and_images(template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> (String, String) {
+    let containers = template.and_then(|t| t.spec.as_ref()).map(|s| s.containers.as_slice()).unwrap_or_default();
+    let names = containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(",");
+    let images = containers.iter().map(|c| c.image.clone().unwrap_or_default()).collect::<Vec<_>>().join(",");
+    (names, images)
 }
 
 /// `<none>` for empty cells, as kubectl prints them.

@@ -4,7 +4,6 @@
 //! rules of Pods, and the cells kubectl prints for a pod.
 
 use crate::api::error::FieldError;
-use crate::api::quantity::parse as parse_quantity;
 use crate::api::validation::{self, check};
 use k8s_openapi::api::core::v1::{
     Container, ContainerStatus, EnvVar, ObjectFieldSelector, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
@@ -287,6 +286,12 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     guaranteed &= requests.iter().all(|(k, v)| limits.get(k) == Some(v));
     if guaranteed && requests.len() == limits.len() { "Guaranteed" } else { "Burstable" }
 }
+
+// ---------------------------------------------------------------------------
+// Quantities
+// ---------------------------------------------------------------------------
+
+pub use crate::api::quantity::parse_nanos as parse_quantity;
 
 // ---------------------------------------------------------------------------
 // Validation helpers
@@ -1141,8 +1146,23 @@ fn strip_empty(v: Value) -> Value {
     }
 }
 
-/// ValidatePodTemplateSpec plus the rules replicated workloads add to their template.
-pub fn validate_template(template: &PodTemplateSpec, path: &str) -> Vec<FieldError> {
+/// ValidatePodTemplateSpec plus the rules `kind` (a workload of long-running
+/// pods) adds to its template.
+pub fn validate_template(template: &PodTemplateSpec, path: &str, kind: &str) -> Vec<FieldError> {
+    let mut errs = validate_template_metadata(template, path);
+    let default = PodSpec::default();
+    let spec = template.spec.as_ref().unwrap_or(&default);
+    let sp = format!("{path}.spec");
+    errs.extend(validate_pod_spec(spec, &sp));
+    if spec.ephemeral_containers.as_ref().is_some_and(|e| !e.is_empty()) {
+        errs.push(FieldError::forbidden(format!("{sp}.ephemeralContainers"), "ephemeral containers not allowed in pod template"));
+    }
+    errs.extend(validate_long_running(spec, &sp, kind));
+    errs
+}
+
+/// The labels and annotations of a pod template.
+pub fn validate_template_metadata(template: &PodTemplateSpec, path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let meta = template.metadata.as_ref();
     labels_map(&mut errs, &format!("{path}.labels"), meta.and_then(|m| m.labels.as_ref()));
@@ -1154,19 +1174,19 @@ pub fn validate_template(template: &PodTemplateSpec, path: &str) -> Vec<FieldErr
     if total > 256 * 1024 {
         errs.push(FieldError::too_long(format!("{path}.annotations"), 256 * 1024));
     }
-    let default = PodSpec::default();
-    let spec = template.spec.as_ref().unwrap_or(&default);
-    let sp = format!("{path}.spec");
-    errs.extend(validate_pod_spec(spec, &sp));
-    if spec.ephemeral_containers.as_ref().is_some_and(|e| !e.is_empty()) {
-        errs.push(FieldError::forbidden(format!("{sp}.ephemeralContainers"), "ephemeral containers not allowed in pod template"));
-    }
+    errs
+}
+
+/// What controllers of long-running pods require of their template (at
+/// `spec_path`): restartPolicy Always and no active deadline.
+pub fn validate_long_running(spec: &PodSpec, spec_path: &str, kind: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
     let policy = spec.restart_policy.as_deref().unwrap_or_default();
     if policy != "Always" {
-        errs.push(FieldError::not_supported(format!("{sp}.restartPolicy"), policy, &["Always"]));
+        errs.push(FieldError::not_supported(format!("{spec_path}.restartPolicy"), policy, &["Always"]));
     }
     if spec.active_deadline_seconds.is_some() {
-        errs.push(FieldError::forbidden(format!("{sp}.activeDeadlineSeconds"), "activeDeadlineSeconds in ReplicaSet is not Supported"));
+        errs.push(FieldError::forbidden(format!("{spec_path}.activeDeadlineSeconds"), format!("activeDeadlineSeconds in {kind} is not Supported")));
     }
     errs
 }
@@ -1991,24 +2011,24 @@ mod tests {
     #[test]
     fn template_restart_policy_must_be_always() {
         let t = template(json!({"metadata": {"labels": {"app": "web"}}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}));
-        let errs: Vec<String> = validate_template(&t, "spec.template").iter().map(ToString::to_string).collect();
+        let errs: Vec<String> = validate_template(&t, "spec.template", "ReplicaSet").iter().map(ToString::to_string).collect();
         assert_eq!(errs, ["spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""]);
     }
 
     #[test]
     fn template_active_deadline_is_forbidden() {
         let t = template(json!({"spec": {"activeDeadlineSeconds": 30, "containers": [{"name": "c", "image": "x"}]}}));
-        let errs: Vec<String> = validate_template(&t, "spec.template").iter().map(ToString::to_string).collect();
+        let errs: Vec<String> = validate_template(&t, "spec.template", "ReplicaSet").iter().map(ToString::to_string).collect();
         assert_eq!(errs, ["spec.template.spec.activeDeadlineSeconds: Forbidden: activeDeadlineSeconds in ReplicaSet is not Supported"]);
     }
 
     #[test]
     fn template_labels_and_spec_are_validated() {
         let t = template(json!({"metadata": {"labels": {"app": "bad value"}}, "spec": {"containers": []}}));
-        let errs = validate_template(&t, "spec.template");
+        let errs = validate_template(&t, "spec.template", "ReplicaSet");
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.template.labels", "spec.template.spec.containers"]);
-        assert!(validate_template(&template(json!({"spec": web()})), "spec.template").is_empty());
+        assert!(validate_template(&template(json!({"spec": web()})), "spec.template", "ReplicaSet").is_empty());
     }
 
     // --- deletion -------------------------------------------------------------
@@ -2159,6 +2179,21 @@ mod tests {
     fn human_durations_read_like_kubectl() {
         for (secs, want) in [(-5, "<invalid>"), (-1, "0s"), (59, "59s"), (119, "119s"), (300, "5m"), (330, "5m30s"), (900, "15m"), (3 * 3600 + 60, "3h1m"), (30 * 3600, "30h"), (3 * 86400 + 3600, "3d1h"), (400 * 86400, "400d"), (3 * 365 * 86400 + 86400, "3y1d")] {
             assert_eq!(human_duration(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn quantities_parse_to_nano_units() {
+        assert_eq!(parse_quantity("1"), Some(1_000_000_000));
+        assert_eq!(parse_quantity("500m"), Some(500_000_000));
+        assert_eq!(parse_quantity("0.5"), parse_quantity("500m"));
+        assert_eq!(parse_quantity("1Gi"), parse_quantity("1024Mi"));
+        assert_eq!(parse_quantity("1e3"), parse_quantity("1k"));
+        assert_eq!(parse_quantity("1.5Gi"), Some(1_610_612_736_000_000_000));
+        assert_eq!(parse_quantity("-2"), Some(-2_000_000_000));
+        assert_eq!(parse_quantity("1n"), Some(1));
+        for bad in ["", "abc", "1.2.3", "5Q", "m"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
         }
     }
 }

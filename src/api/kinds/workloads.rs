@@ -2,7 +2,7 @@
 //! ReplicaSets and Deployments. The pod-spec rules they share live in `pods.rs`.
 
 use super::pods;
-use super::{labels_string, or_none, selector_string};
+use super::{containers_and_images, labels_string, or_none, selector_string};
 use crate::api::error::FieldError;
 use crate::api::registry::{Column, Resource, ResourceBuilder, Subresource};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
@@ -59,26 +59,20 @@ pub fn resources() -> Vec<Resource> {
     vec![replicationcontrollers(), deployments(), replicasets()]
 }
 
-/// Container names and images of a template, for wide output.
-fn containers_and_images(template: Option<&PodTemplateSpec>) -> (String, String) {
-    let containers = template.and_then(|t| t.spec.as_ref()).map(|s| s.containers.as_slice()).unwrap_or_default();
-    let names = containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(",");
-    let images = containers.iter().map(|c| c.image.clone().unwrap_or_default()).collect::<Vec<_>>().join(",");
-    (names, images)
-}
-
-fn default_template(template: Option<&mut PodTemplateSpec>) {
+pub(super) fn default_template(template: Option<&mut PodTemplateSpec>) {
     if let Some(spec) = template.and_then(|t| t.spec.as_mut()) {
         pods::default_pod_spec(spec);
     }
 }
 
 /// The rules every replicated workload shares: a non-negative replica count and a
-/// valid template whose labels the selector matches.
-fn validate_replicated(
+/// valid template whose labels the selector matches (`kind` names the workload
+/// in upstream's messages).
+pub(super) fn validate_replicated(
     replicas: Option<i32>,
     selector_matches: Option<bool>,
     template: Option<&PodTemplateSpec>,
+    kind: &str,
 ) -> Vec<FieldError> {
     let mut errors = Vec::new();
     if let Some(r) = replicas.filter(|r| *r < 0) {
@@ -88,24 +82,30 @@ fn validate_replicated(
         None => errors.push(FieldError::required("spec.template", "")),
         Some(t) => {
             if selector_matches == Some(false) {
-                let labels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-                errors.push(FieldError::invalid(
-                    "spec.template.metadata.labels",
-                    format!("map[string]string{{{}}}", labels.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect::<Vec<_>>().join(", ")),
-                    "`selector` does not match template `labels`",
-                ));
+                errors.push(selector_mismatch(t));
             }
-            errors.extend(pods::validate_template(t, "spec.template"));
+            errors.extend(pods::validate_template(t, "spec.template", kind));
         }
     }
     errors
 }
 
-/// Whether a LabelSelector matches a template's labels; `None` if the selector is empty or invalid.
-fn selector_matches_template(selector: &LabelSelector, template: Option<&PodTemplateSpec>, errors: &mut Vec<FieldError>) -> Option<bool> {
+/// The error for a template whose labels its workload's selector does not match.
+pub(super) fn selector_mismatch(template: &PodTemplateSpec) -> FieldError {
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    FieldError::invalid(
+        "spec.template.metadata.labels",
+        format!("map[string]string{{{}}}", labels.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect::<Vec<_>>().join(", ")),
+        "`selector` does not match template `labels`",
+    )
+}
+
+/// Whether a LabelSelector matches a template's labels; `None` if the selector
+/// is empty or invalid (`owner` names the workload in the error, as upstream's).
+pub(super) fn selector_matches_template(selector: &LabelSelector, template: Option<&PodTemplateSpec>, errors: &mut Vec<FieldError>, owner: &str) -> Option<bool> {
     let labels = template.and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
     if selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty) && selector.match_expressions.as_ref().is_none_or(Vec::is_empty) {
-        errors.push(FieldError::invalid("spec.selector", "{}", "empty selector is invalid for deployment"));
+        errors.push(FieldError::invalid("spec.selector", "{}", format!("empty selector is invalid for {owner}")));
         return None;
     }
     match crate::api::selector::LabelSelector::from_k8s(selector) {
@@ -117,7 +117,7 @@ fn selector_matches_template(selector: &LabelSelector, template: Option<&PodTemp
     }
 }
 
-fn selector_immutable(new: Option<&LabelSelector>, old: Option<&LabelSelector>) -> Vec<FieldError> {
+pub(super) fn selector_immutable(new: Option<&LabelSelector>, old: Option<&LabelSelector>) -> Vec<FieldError> {
     if new != old {
         let shown = new.map(selector_string).unwrap_or_default();
         return vec![FieldError::invalid("spec.selector", shown, "field is immutable")];
@@ -154,7 +154,7 @@ fn replicationcontrollers() -> Resource {
             }
             let labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
             let matches = (!selector.is_empty()).then(|| selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
-            errors.extend(validate_replicated(spec.replicas, matches, spec.template.as_ref()));
+            errors.extend(validate_replicated(spec.replicas, matches, spec.template.as_ref(), "ReplicationController"));
             errors
         })
         .columns(vec![
@@ -208,8 +208,8 @@ fn deployments() -> Resource {
         .validate(|d| {
             let Some(spec) = d.spec.as_ref() else { return vec![FieldError::required("spec", "")] };
             let mut errors = Vec::new();
-            let matches = selector_matches_template(&spec.selector, Some(&spec.template), &mut errors);
-            errors.extend(validate_replicated(spec.replicas, matches, Some(&spec.template)));
+            let matches = selector_matches_template(&spec.selector, Some(&spec.template), &mut errors, "deployment");
+            errors.extend(validate_replicated(spec.replicas, matches, Some(&spec.template), "ReplicaSet"));
             if let Some(strategy) = &spec.strategy {
                 match strategy.type_.as_deref() {
                     Some("Recreate") if strategy.rolling_update.is_some() => errors.push(FieldError::forbidden(
@@ -297,8 +297,8 @@ fn replicasets() -> Resource {
         .validate(|rs| {
             let Some(spec) = rs.spec.as_ref() else { return vec![FieldError::required("spec", "")] };
             let mut errors = Vec::new();
-            let matches = selector_matches_template(&spec.selector, spec.template.as_ref(), &mut errors);
-            errors.extend(validate_replicated(spec.replicas, matches, spec.template.as_ref()));
+            let matches = selector_matches_template(&spec.selector, spec.template.as_ref(), &mut errors, "deployment");
+            errors.extend(validate_replicated(spec.replicas, matches, spec.template.as_ref(), "ReplicaSet"));
             errors
         })
         .validate_update(|new, old| {

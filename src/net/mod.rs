@@ -1,0 +1,80 @@
+//! The service proxy (kube-proxy's role, nftables mode): every node programs
+//! its kernel so that Service cluster IPs, external and load-balancer IPs and
+//! node ports reach the Service's ready endpoints.
+//!
+//! - [`netlink`]: the nfnetlink socket; one batch = one atomic transaction.
+//! - [`nft`]: nf_tables objects and expressions as netlink messages.
+//! - [`model`]: rk's table as comparable values, and the transactions between them.
+//! - [`services`]: one Service and its EndpointSlices → its chains and map elements.
+//! - [`proxier`]: the control loop over the shared informers.
+//! - [`servicelb`]: gives LoadBalancer Services the nodes' addresses (k3s's ServiceLB role).
+//! - [`bench`]: `rk bench proxy`, the cost of programming one Service among many.
+//!
+//! All rules live in rk's own tables, `table ip rk` and its Service shards
+//! `table ip rk-services-NN`; nothing else in the ruleset is touched.
+
+pub mod bench;
+pub mod model;
+pub mod netlink;
+pub mod nft;
+pub mod proxier;
+pub mod servicelb;
+pub mod services;
+
+use crate::runtime::{Controller, Informers};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The name of rk's shared table, and the prefix of its Service shards.
+pub const TABLE: &str = "rk";
+
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The pod network (ClusterIP traffic from outside it is masqueraded).
+    pub cluster_cidr: ipnet::Ipv4Net,
+}
+
+/// Runs the proxy until `shutdown`. Without nf_tables (or without the right to
+/// use it) it says so and stops: rk has no userspace fallback.
+pub async fn run(informers: Arc<Informers>, options: ProxyOptions, shutdown: CancellationToken) {
+    let netlink = match netlink::Nfnetlink::open() {
+        Ok(n) => n,
+        Err(netlink::Error::Unavailable(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+            tracing::error!("service proxy disabled: programming nf_tables needs root (CAP_NET_ADMIN); Services are not reachable through their cluster IPs on this node");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "service proxy disabled: this kernel has no usable nf_tables and rk has no userspace proxy; Services are not reachable through their cluster IPs or node ports on this node");
+            return;
+        }
+    };
+    prepare_host();
+    let services = informers.get::<Service>();
+    let slices = informers.get::<EndpointSlice>();
+    let controller = Controller::new("service-proxy", 1).owns_kind(&services).watch(&slices, proxier::slice_keys);
+    let context = services::Context { cluster_cidr: options.cluster_cidr };
+    let proxier = proxier::Proxier::new(netlink, services, slices, context, model::Tables::new(TABLE), controller.queue());
+    tracing::info!(table = TABLE, "service proxy programming nf_tables");
+    controller.run(Arc::new(proxier), shutdown).await;
+}
+
+/// Kernel settings the rules rely on. NodePorts on 127.0.0.1 need
+/// `route_localnet` (as kube-proxy's iptables mode sets it); replies between
+/// pods on one bridge are un-NATed only if bridged traffic passes netfilter.
+fn prepare_host() {
+    let route_localnet = "/proc/sys/net/ipv4/conf/all/route_localnet";
+    if let Err(e) = std::fs::write(route_localnet, "1") {
+        tracing::warn!(error = %e, "could not set net.ipv4.conf.all.route_localnet=1: NodePorts will not answer on 127.0.0.1");
+    }
+    match std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables") {
+        Ok(v) if v.trim() == "1" => {}
+        _ => tracing::warn!(
+            "net.bridge.bridge-nf-call-iptables is not 1 (is br_netfilter loaded?): a pod reaching a Service whose endpoint is on the same bridge will not get replies"
+        ),
+    }
+    if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() != "1") {
+        tracing::warn!("net.ipv4.ip_forward is 0: Service traffic cannot be forwarded to pods");
+    }
+}

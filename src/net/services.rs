@@ -1,0 +1,285 @@
+//! What one Service asks of the node: for each of its ports, the chains, map
+//! elements and affinity sets that send its cluster IP, external and
+//! load-balancer IPs and node port to its endpoints, or reject them when it has
+//! none. Pure: from the Service and its EndpointSlices to a [`Ruleset`].
+
+use super::model::{Chain, Key, MARK_FOR_MASQUERADE, Map, Protocol, REJECT_CHAIN, Rule, Ruleset};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::borrow::Borrow;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+/// The label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Upstream's default session-affinity timeout.
+const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+
+/// Where a Service port's traffic may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+/// The endpoints of one Service port: ready ones; when none is ready, those
+/// still serving while terminating (upstream's fallback).
+pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> Vec<Endpoint> {
+    let name = port.name.as_deref().unwrap_or("");
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices.iter().map(Borrow::borrow).filter(|s| s.address_type == "IPv4") {
+        let Some(target) = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == name && p.protocol.as_deref().unwrap_or("TCP") == protocol
+        }) else {
+            continue;
+        };
+        let Some(target) = target.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) else { continue };
+        for endpoint in &slice.endpoints {
+            let conditions = endpoint.conditions.clone().unwrap_or_default();
+            for address in endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
+                let e = Endpoint { address, port: target };
+                if conditions.ready != Some(false) {
+                    ready.insert(e);
+                } else if conditions.serving == Some(true) && conditions.terminating == Some(true) {
+                    terminating.insert(e);
+                }
+            }
+        }
+    }
+    if ready.is_empty() { terminating.into_iter().collect() } else { ready.into_iter().collect() }
+}
+
+/// What the node needs to know besides the Service.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The pod network: ClusterIP traffic from outside it is masqueraded.
+    pub cluster_cidr: Ipv4Net,
+}
+
+/// The rules for one Service (empty for headless and ExternalName ones).
+pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], ctx: &Context) -> Ruleset {
+    let mut out = Ruleset::default();
+    let Some(spec) = service.spec.as_ref() else { return out };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return out;
+    }
+    let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    let external: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(service.status.iter().flat_map(|s| s.load_balancer.iter().flat_map(|lb| lb.ingress.iter().flatten())).filter_map(|i| i.ip.as_deref()))
+        .filter_map(|ip| ip.parse().ok())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+    });
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("");
+    let name = service.metadata.name.as_deref().unwrap_or("");
+    for port in spec.ports.iter().flatten() {
+        let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
+        let (Some(protocol), Ok(service_port)) = (Protocol::parse(protocol_name), u16::try_from(port.port)) else { continue };
+        let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
+        let id = format!("{namespace}/{name}/{}/{}", protocol.name(), port.name.as_deref().filter(|n| !n.is_empty()).map_or_else(|| port.port.to_string(), str::to_owned));
+        let endpoints = endpoints(slices, port, protocol_name);
+        let mut keys: Vec<(Map, Key, bool)> = Vec::new(); // (map, key, external)
+        keys.extend(cluster_ip.map(|ip| (Map::Services, Key::Address(ip, protocol, service_port), false)));
+        keys.extend(external.iter().map(|ip| (Map::Services, Key::Address(*ip, protocol, service_port), true)));
+        keys.extend(node_port.map(|p| (Map::NodePorts, Key::Port(protocol, p), true)));
+        if keys.is_empty() {
+            continue;
+        }
+        if endpoints.is_empty() {
+            for (map, key, _) in keys {
+                let map = if map == Map::Services { Map::NoEndpointServices } else { Map::NoEndpointNodePorts };
+                out.elements.insert((map, key), REJECT_CHAIN.to_owned());
+            }
+            continue;
+        }
+        let service_chain = format!("svc/{id}");
+        let external_chain = format!("ext/{id}");
+        let mut service_rules = vec![Rule::MasqueradeUnlessFrom(ctx.cluster_cidr)];
+        let mut endpoint_chains = Vec::new();
+        for e in &endpoints {
+            let chain = format!("ep/{id}/{}:{}", e.address, e.port);
+            let mut rules = vec![Rule::MasqueradeIfFrom(e.address)];
+            if let Some(timeout) = affinity {
+                let set = format!("aff/{id}/{}:{}", e.address, e.port);
+                service_rules.push(Rule::StickyGoto { set: set.clone(), chain: chain.clone() });
+                rules.push(Rule::RememberClient { set: set.clone(), timeout });
+                out.sets.insert(set);
+            }
+            rules.push(Rule::Dnat { address: e.address, port: e.port });
+            out.chains.insert(chain.clone(), Chain::regular(rules));
+            endpoint_chains.push(chain);
+        }
+        match endpoint_chains.as_slice() {
+            [only] => service_rules.push(Rule::Goto(only.clone())),
+            _ => {
+                let map = format!("lb/{id}");
+                service_rules.push(Rule::Balance { map: map.clone(), size: endpoint_chains.len() as u32 });
+                out.balancers.insert(map, endpoint_chains);
+            }
+        }
+        out.chains.insert(service_chain.clone(), Chain::regular(service_rules));
+        for (map, key, is_external) in keys {
+            let target = if is_external {
+                out.chains
+                    .entry(external_chain.clone())
+                    .or_insert_with(|| Chain::regular(vec![Rule::Jump(MARK_FOR_MASQUERADE.into()), Rule::Goto(service_chain.clone())]));
+                external_chain.clone()
+            } else {
+                service_chain.clone()
+            };
+            out.elements.insert((map, key), target);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus};
+    use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointConditions, EndpointPort};
+
+    fn ctx() -> Context {
+        Context { cluster_cidr: "10.42.0.0/16".parse().unwrap() }
+    }
+
+    fn service(ports: Vec<(&str, i32, &str, Option<i32>)>) -> Service {
+        Service {
+            metadata: kube::api::ObjectMeta { name: Some("web".into()), namespace: Some("ns".into()), ..Default::default() },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.43.0.10".into()),
+                ports: Some(
+                    ports
+                        .into_iter()
+                        .map(|(name, port, protocol, node_port)| ServicePort {
+                            name: Some(name.into()),
+                            port,
+                            protocol: Some(protocol.into()),
+                            node_port,
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// An endpoint: address, then its ready, serving and terminating conditions.
+    type Conditions<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
+
+    fn slice(ports: Vec<(&str, i32, &str)>, endpoints: Vec<Conditions>) -> EndpointSlice {
+        EndpointSlice {
+            metadata: Default::default(),
+            address_type: "IPv4".into(),
+            ports: Some(ports.into_iter().map(|(n, p, proto)| EndpointPort { name: Some(n.into()), port: Some(p), protocol: Some(proto.into()), app_protocol: None }).collect()),
+            endpoints: endpoints
+                .into_iter()
+                .map(|(ip, ready, serving, terminating)| SliceEndpoint {
+                    addresses: vec![ip.into()],
+                    conditions: Some(EndpointConditions { ready, serving, terminating }),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_ready_endpoints_are_used_while_any_is_ready() {
+        let slices = [slice(vec![("", 8080, "TCP")], vec![("10.42.0.2", Some(true), None, None), ("10.42.0.3", Some(false), Some(true), Some(true)), ("10.42.0.4", None, None, None)])];
+        let port = ServicePort { port: 80, ..Default::default() };
+        let got: Vec<String> = endpoints(&slices, &port, "TCP").iter().map(|e| format!("{}:{}", e.address, e.port)).collect();
+        assert_eq!(got, ["10.42.0.2:8080", "10.42.0.4:8080"]);
+    }
+
+    #[test]
+    fn serving_terminating_endpoints_are_the_fallback_when_none_is_ready() {
+        let slices = [slice(vec![("", 8080, "TCP")], vec![("10.42.0.3", Some(false), Some(true), Some(true)), ("10.42.0.5", Some(false), Some(false), Some(true))])];
+        let port = ServicePort { port: 80, ..Default::default() };
+        assert_eq!(endpoints(&slices, &port, "TCP"), [Endpoint { address: "10.42.0.3".parse().unwrap(), port: 8080 }]);
+    }
+
+    #[test]
+    fn named_ports_pick_their_own_slice_port_and_protocol() {
+        let slices = [slice(vec![("http", 8080, "TCP"), ("dns", 5353, "UDP")], vec![("10.42.0.2", Some(true), None, None)])];
+        let svc = service(vec![("http", 80, "TCP", None), ("dns", 53, "UDP", None)]);
+        let rules = service_rules(&svc, &slices, &ctx());
+        let ip = "10.43.0.10".parse().unwrap();
+        assert_eq!(rules.elements[&(Map::Services, Key::Address(ip, Protocol::Tcp, 80))], "svc/ns/web/tcp/http");
+        assert_eq!(rules.elements[&(Map::Services, Key::Address(ip, Protocol::Udp, 53))], "svc/ns/web/udp/dns");
+        let dns = &rules.chains["ep/ns/web/udp/dns/10.42.0.2:5353"];
+        assert_eq!(dns.rules.last(), Some(&Rule::Dnat { address: "10.42.0.2".parse().unwrap(), port: 5353 }));
+    }
+
+    #[test]
+    fn a_service_without_endpoints_is_rejected_on_every_address() {
+        let mut svc = service(vec![("", 80, "TCP", Some(30080))]);
+        svc.status = Some(ServiceStatus { load_balancer: Some(LoadBalancerStatus { ingress: Some(vec![LoadBalancerIngress { ip: Some("192.168.1.5".into()), ..Default::default() }]) }), ..Default::default() });
+        let rules = service_rules(&svc, &[] as &[EndpointSlice], &ctx());
+        assert!(rules.chains.is_empty());
+        let keys: Vec<_> = rules.elements.iter().map(|((m, k), v)| (*m, *k, v.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                (Map::NoEndpointServices, Key::Address("10.43.0.10".parse().unwrap(), Protocol::Tcp, 80), REJECT_CHAIN),
+                (Map::NoEndpointServices, Key::Address("192.168.1.5".parse().unwrap(), Protocol::Tcp, 80), REJECT_CHAIN),
+                (Map::NoEndpointNodePorts, Key::Port(Protocol::Tcp, 30080), REJECT_CHAIN),
+            ]
+        );
+    }
+
+    #[test]
+    fn node_ports_and_load_balancer_ips_go_through_the_masquerading_external_chain() {
+        let mut svc = service(vec![("", 80, "TCP", Some(30080))]);
+        svc.status = Some(ServiceStatus { load_balancer: Some(LoadBalancerStatus { ingress: Some(vec![LoadBalancerIngress { ip: Some("192.168.1.5".into()), ..Default::default() }]) }), ..Default::default() });
+        let slices = [slice(vec![("", 8080, "TCP")], vec![("10.42.0.2", Some(true), None, None), ("10.42.0.3", Some(true), None, None)])];
+        let rules = service_rules(&svc, &slices, &ctx());
+        assert_eq!(rules.elements[&(Map::NodePorts, Key::Port(Protocol::Tcp, 30080))], "ext/ns/web/tcp/80");
+        assert_eq!(rules.elements[&(Map::Services, Key::Address("192.168.1.5".parse().unwrap(), Protocol::Tcp, 80))], "ext/ns/web/tcp/80");
+        assert_eq!(rules.chains["ext/ns/web/tcp/80"].rules, [Rule::Jump(MARK_FOR_MASQUERADE.into()), Rule::Goto("svc/ns/web/tcp/80".into())]);
+        assert_eq!(
+            rules.chains["svc/ns/web/tcp/80"].rules,
+            [Rule::MasqueradeUnlessFrom(ctx().cluster_cidr), Rule::Balance { map: "lb/ns/web/tcp/80".into(), size: 2 }]
+        );
+        assert_eq!(rules.balancers["lb/ns/web/tcp/80"], ["ep/ns/web/tcp/80/10.42.0.2:8080", "ep/ns/web/tcp/80/10.42.0.3:8080"]);
+        assert_eq!(rules.chains["ep/ns/web/tcp/80/10.42.0.3:8080"].rules[0], Rule::MasqueradeIfFrom("10.42.0.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn client_ip_affinity_remembers_clients_per_endpoint() {
+        let mut svc = service(vec![("", 80, "TCP", None)]);
+        let spec = svc.spec.as_mut().unwrap();
+        spec.session_affinity = Some("ClientIP".into());
+        let slices = [slice(vec![("", 8080, "TCP")], vec![("10.42.0.2", Some(true), None, None)])];
+        let rules = service_rules(&svc, &slices, &ctx());
+        let set = "aff/ns/web/tcp/80/10.42.0.2:8080".to_owned();
+        assert!(rules.sets.contains(&set));
+        assert_eq!(rules.chains["svc/ns/web/tcp/80"].rules[1], Rule::StickyGoto { set: set.clone(), chain: "ep/ns/web/tcp/80/10.42.0.2:8080".into() });
+        assert_eq!(rules.chains["ep/ns/web/tcp/80/10.42.0.2:8080"].rules[1], Rule::RememberClient { set, timeout: DEFAULT_AFFINITY_SECONDS });
+    }
+
+    #[test]
+    fn headless_and_external_name_services_need_nothing() {
+        let mut svc = service(vec![("", 80, "TCP", None)]);
+        svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        let slices = [slice(vec![("", 8080, "TCP")], vec![("10.42.0.2", Some(true), None, None)])];
+        assert!(service_rules(&svc, &slices, &ctx()).is_empty());
+        svc.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+        assert!(service_rules(&svc, &slices, &ctx()).is_empty());
+    }
+}
