@@ -15,11 +15,24 @@ fn start() -> Server {
     server
 }
 
+fn apply(server: &Server, name: &str, manifest: &str) {
+    let file = write_file(server.dir.path(), &format!("{name}.yaml"), manifest);
+    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+}
+
 /// Creates a pod from a YAML `spec:` body (indented by four spaces).
 fn create_pod(server: &Server, name: &str, spec: &str) {
-    let manifest = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{spec}");
-    let file = write_file(server.dir.path(), &format!("{name}.yaml"), &manifest);
-    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    apply(server, name, &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{spec}"));
+}
+
+/// Applies an apps/v1 `kind` whose pods are labelled `app: <name>`.
+fn apply_workload(server: &Server, kind: &str, name: &str, replicas: Option<u32>) {
+    let replicas = replicas.map(|r| format!("  replicas: {r}\n")).unwrap_or_default();
+    let template = format!("    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers: [{{name: app, image: busybox}}]\n");
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec:\n{replicas}  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n{template}"
+    );
+    apply(server, name, &manifest);
 }
 
 fn requesting(cpu: &str) -> String {
@@ -47,20 +60,7 @@ fn failed_scheduling(server: &Server, pod: &str) -> String {
 #[test]
 fn a_six_replica_replicaset_spreads_two_per_node_over_three_equal_nodes() {
     let server = start();
-    let rs = r#"
-apiVersion: apps/v1
-kind: ReplicaSet
-metadata: {name: web}
-spec:
-  replicas: 6
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: web, image: busybox}]
-"#;
-    let file = write_file(server.dir.path(), "rs.yaml", rs);
-    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    apply_workload(&server, "ReplicaSet", "web", Some(6));
     let running = || server.ok(&["get", "pods", "-l", "app=web", "--no-headers"]).lines().filter(|l| l.contains("Running")).count() == 6;
     assert!(eventually(TIMEOUT, running), "{}", server.ok(&["get", "pods", "-o", "wide"]));
     let nodes = server.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.nodeName}"]);
@@ -180,19 +180,7 @@ async fn a_binding_assigns_the_node_once_and_marks_the_pod_scheduled() {
 #[test]
 fn daemonset_pods_are_bound_to_the_node_their_affinity_names() {
     let server = start();
-    let ds = r#"
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: agent}
-spec:
-  selector: {matchLabels: {app: agent}}
-  template:
-    metadata: {labels: {app: agent}}
-    spec:
-      containers: [{name: agent, image: busybox}]
-"#;
-    let file = write_file(server.dir.path(), "ds.yaml", ds);
-    server.ok(&["apply", "-f", file.to_str().unwrap()]);
+    apply_workload(&server, "DaemonSet", "agent", None);
     let placements = || {
         let out = server.ok(&["get", "pods", "-l", "app=agent", "-o",
             r#"jsonpath={range .items[*]}{.spec.nodeName}={.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].values[0]}{"\n"}{end}"#]);
