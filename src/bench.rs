@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod dns;
+
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to measure, and how much.
@@ -42,7 +44,7 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Starts `rk server` with `args` (e.g. `--disable-agent`) on a fresh data directory.
+/// Starts `rk server` on loopback with `args` (e.g. `--disable-agent`) on a fresh data directory.
 pub(crate) fn start_server(args: &[&str]) -> Result<(ServerProcess, Duration), Error> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig.yaml");
@@ -192,7 +194,7 @@ async fn watch_latency(client: &kube::Client, watchers: usize, writes: usize) ->
 }
 
 pub async fn run(options: BenchOptions) -> Result<(), Error> {
-    let (server, startup) = start_server(&["--disable-agent"])?;
+    let (server, startup) = start_server(&["--disable-agent", "--disable-dns", "--disable-ingress"])?;
     let pid = server.child.id();
     let client = client(&server.kubeconfig).await?;
     let ready = Instant::now();

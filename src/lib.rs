@@ -11,7 +11,8 @@
 //!   DaemonSets, StatefulSets, …).
 //! - [`node`]: the node agent (pods as Docker containers), and the fake nodes used to
 //!   exercise the control plane.
-//! - [`net`]: the service proxy: Services programmed into nf_tables over netlink.
+//! - [`net`]: node networking: the service proxy (nf_tables over netlink), the
+//!   cluster DNS and the ingress proxy.
 //! - [`pki`]: the cluster CA and the certificates and kubeconfig derived from it.
 //! - [`runtime`]: informers, work queues, the controller runner and the event
 //!   recorder that the scheduler, controllers and node agent share.

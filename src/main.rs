@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use rk::server::{self, ServerConfig};
 use rk::store::StoreOptions;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,8 +18,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a cluster: the store, the API server and the control plane, in one process
-    Server(ServerArgs),
-    /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory (`rk bench scheduler`: scheduling throughput)
+    Server(Box<ServerArgs>),
+    /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory (`rk bench dns`: DNS query latency)
     Bench(BenchArgs),
 }
 
@@ -69,6 +69,15 @@ enum BenchWhat {
         /// Clients creating pods at once
         #[arg(long, default_value_t = 64)]
         creators: usize,
+    },
+    /// Cluster DNS query latency (p50/p99) and queries/s over UDP
+    Dns {
+        /// Queries timed per kind of name
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Concurrent clients for the queries/s figure
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
 }
 
@@ -133,6 +142,38 @@ struct ServerArgs {
     /// Do not program Services into this host's nf_tables (no service proxy, no ServiceLB)
     #[arg(long)]
     disable_proxy: bool,
+
+    /// Do not run the cluster DNS
+    #[arg(long)]
+    disable_dns: bool,
+
+    /// Where the cluster DNS listens (UDP and TCP); pods reach it through the kube-dns Service
+    #[arg(long, default_value = "0.0.0.0:53", value_name = "IP:PORT")]
+    dns_listen: SocketAddr,
+
+    /// The cluster DNS zone
+    #[arg(long, default_value = "cluster.local", value_name = "DOMAIN")]
+    cluster_domain: String,
+
+    /// The nameserver pods are given [default: the tenth address of --service-cidr, the kube-dns Service]
+    #[arg(long, value_name = "IP")]
+    cluster_dns: Option<IpAddr>,
+
+    /// Where names outside the cluster are forwarded (repeatable) [default: the host's resolvers]
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_dns_server)]
+    dns_upstream: Vec<SocketAddr>,
+
+    /// Do not run the ingress proxy
+    #[arg(long)]
+    disable_ingress: bool,
+
+    /// Where the ingress proxy serves HTTP
+    #[arg(long, default_value = "0.0.0.0:80", value_name = "IP:PORT")]
+    ingress_http: SocketAddr,
+
+    /// Where the ingress proxy serves HTTPS
+    #[arg(long, default_value = "0.0.0.0:443", value_name = "IP:PORT")]
+    ingress_https: SocketAddr,
 }
 
 fn main() {
@@ -144,13 +185,16 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(server_config(args)).await,
+            Command::Server(args) => server::run(server_config(*args)).await,
             Command::Bench(BenchArgs { what: Some(BenchWhat::Pods { pods, image }), .. }) => {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
             Command::Bench(BenchArgs { what: Some(BenchWhat::Scheduler { nodes, pods, creators }), .. }) => {
                 rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes, pods, creators }).await
+            }
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Dns { queries, concurrency }), .. }) => {
+                rk::bench::dns::run(rk::bench::dns::DnsBenchOptions { queries, concurrency }).await
             }
             Command::Bench(args) => {
                 rk::bench::run(rk::bench::BenchOptions { seconds: args.seconds, watchers: args.watchers, watched_writes: args.watched_writes }).await
@@ -165,6 +209,7 @@ fn main() {
 
 fn server_config(args: ServerArgs) -> ServerConfig {
     let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
+    let ranges = rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range };
     ServerConfig {
         data_dir: data_dir.clone(),
         bind_address: args.bind_address,
@@ -182,13 +227,26 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             ..Default::default()
         },
         fake_nodes: args.fake_nodes,
-        service_ranges: rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range },
+        service_ranges: ranges.clone(),
         agent: (!args.disable_agent).then(|| {
             let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
             rk::node::AgentConfig::new(&node_name, data_dir.clone())
         }),
         proxy: !args.disable_proxy,
+        dns: rk::net::dns::DnsOptions {
+            enabled: !args.disable_dns,
+            listen: args.dns_listen,
+            cluster_domain: args.cluster_domain,
+            cluster_dns: args.cluster_dns.unwrap_or_else(|| IpAddr::V4(ranges.dns_service_ip())),
+            upstreams: args.dns_upstream,
+        },
+        ingress: rk::net::ingress::IngressOptions { enabled: !args.disable_ingress, http: args.ingress_http, https: args.ingress_https },
     }
+}
+
+/// A DNS server address; port 53 unless given.
+fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>().or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))).map_err(|_| format!("{s} is not an IP or IP:PORT"))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

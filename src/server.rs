@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub agent: Option<crate::node::AgentConfig>,
     /// Run the service proxy (nf_tables rules for Services) on this host.
     pub proxy: bool,
+    /// The cluster DNS.
+    pub dns: crate::net::dns::DnsOptions,
+    /// The ingress proxy.
+    pub ingress: crate::net::ingress::IngressOptions,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -121,6 +125,12 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         tasks.spawn(crate::net::run(controllers.informers.clone(), options, shutdown.clone()));
         tasks.spawn(crate::net::servicelb::run(controllers.clone()));
     }
+    if config.dns.enabled {
+        start_dns(config, &app, &controllers.informers, shutdown.clone(), &mut tasks).await;
+    }
+    if config.ingress.enabled {
+        start_ingress(config, &app, &controllers.informers, shutdown.clone(), &mut tasks).await;
+    }
     if config.fake_nodes > 0 {
         let renew_every = crate::node::fake::lease_renew_interval(config.controllers.node_monitor_grace_period);
         tasks.spawn(crate::node::fake::run(controllers.informers.clone(), config.fake_nodes, renew_every, shutdown.clone()));
@@ -195,62 +205,36 @@ async fn bootstrap(app: &axum::Router) -> Result<(), Error> {
 /// The `kubernetes` Service in `default`, at the first address of the service
 /// range, with Endpoints pointing at this server, as the API server keeps them.
 async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator::Ranges, ip: IpAddr, port: u16) -> Result<(), Error> {
-    use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec};
+    use crate::net::node_service::{NodePort, NodeService, publish};
     let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
-    let meta = kube::api::ObjectMeta {
-        name: Some("kubernetes".into()),
-        namespace: Some("default".into()),
-        labels: Some([("component".to_owned(), "apiserver".to_owned()), ("provider".to_owned(), "kubernetes".to_owned())].into()),
-        ..Default::default()
+    let ports = [NodePort { name: "https", protocol: "TCP", port: 443, target: port }];
+    let labels = [("component", "apiserver"), ("provider", "kubernetes")];
+    let service = NodeService { namespace: "default", name: "kubernetes", labels: &labels, cluster_ip: IpAddr::V4(ranges.api_service_ip()), address: ip, ports: &ports };
+    Ok(publish(&client, &service).await?)
+}
+
+/// Starts the cluster DNS and publishes its Service. A DNS that cannot listen
+/// (port 53 taken, no privilege) is reported, not fatal: the rest of the
+/// cluster works without it.
+async fn start_dns(config: &ServerConfig, app: &axum::Router, informers: &crate::runtime::Informers, shutdown: CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
+    let dns_ip = config.service_ranges.dns_service_ip();
+    let address = match crate::net::dns::start(&config.dns, informers, dns_ip, shutdown, tasks).await {
+        Ok(address) => address,
+        Err(e) => return tracing::error!(error = %e, "cluster DNS not started; set --dns-listen or --disable-dns"),
     };
-    let service = Service {
-        metadata: meta.clone(),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(ranges.api_service_ip().to_string()),
-            ports: Some(vec![ServicePort {
-                name: Some("https".into()),
-                port: 443,
-                protocol: Some("TCP".into()),
-                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(port))),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    };
-    let services = kube::Api::<Service>::namespaced(client.clone(), "default");
-    // Look first: creating it again would fail on its cluster IP before its name.
-    let existing = services.get_opt("kubernetes").await.map_err(|e| format!("reading the kubernetes Service: {e}"))?;
-    if existing.is_none() {
-        match services.create(&kube::api::PostParams::default(), &service).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(format!("creating the kubernetes Service: {e}").into()),
-        }
+    let client = crate::client::in_process(app.clone(), Identity::system("rk-server"));
+    if let Err(e) = crate::net::dns::publish_service(&client, dns_ip, api_endpoint(address.ip()), address.port()).await {
+        tracing::error!(error = %e, "the kube-dns Service could not be published");
     }
-    let endpoints = Endpoints {
-        metadata: meta,
-        subsets: Some(vec![EndpointSubset {
-            addresses: Some(vec![EndpointAddress { ip: ip.to_string(), ..Default::default() }]),
-            ports: Some(vec![EndpointPort { name: Some("https".into()), port: i32::from(port), protocol: Some("TCP".into()), app_protocol: None }]),
-            not_ready_addresses: None,
-        }]),
-    };
-    let api = kube::Api::<Endpoints>::namespaced(client.clone(), "default");
-    let params = kube::api::PatchParams::apply("rk-server").force();
-    api.patch("kubernetes", &params, &kube::api::Patch::Apply(&endpoints)).await.map_err(|e| format!("publishing the kubernetes Endpoints: {e}"))?;
-    // The EndpointSlice service proxies read, as the API server keeps it upstream.
-    let slice = serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": { "name": "kubernetes", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
-        "addressType": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
-        "endpoints": [{ "addresses": [ip.to_string()], "conditions": { "ready": true } }],
-        "ports": [{ "name": "https", "port": port, "protocol": "TCP" }],
-    });
-    let slices = kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client, "default");
-    slices.patch("kubernetes", &params, &kube::api::Patch::Apply(&slice)).await.map_err(|e| format!("publishing the kubernetes EndpointSlice: {e}"))?;
-    Ok(())
+}
+
+/// Starts the ingress proxy; like the DNS, one that cannot listen is reported, not fatal.
+async fn start_ingress(config: &ServerConfig, app: &axum::Router, informers: &Arc<crate::runtime::Informers>, shutdown: CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
+    let client = crate::client::in_process(app.clone(), Identity::system("rk-ingress"));
+    let address = api_endpoint(config.ingress.http.ip());
+    if let Err(e) = crate::net::ingress::start(&config.ingress, client, informers.clone(), address, shutdown, tasks).await {
+        tracing::error!(error = %e, "ingress proxy not started; set --ingress-http/--ingress-https or --disable-ingress");
+    }
 }
 
 /// The address pods reach this server at: the bound one, or the host's

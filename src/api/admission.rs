@@ -1,6 +1,6 @@
 //! Admission rules that span kinds, applied by the generic machinery before a write
 //! reaches the store: upstream's NamespaceLifecycle, ServiceAccount and
-//! ResourceQuota plugins.
+//! ResourceQuota plugins, and DefaultIngressClass.
 
 use super::error::{ApiError, ApiResult, ResourceName};
 use super::object::ObjectExt;
@@ -64,6 +64,9 @@ const PROJECTED_TOKEN_SECONDS: i64 = 3607;
 /// Mutations on create: a pod runs as a service account that must exist, and
 /// gets its API credentials mounted unless it or its account opts out.
 pub async fn mutate_create(ctx: &Ctx, obj: &mut Value) -> ApiResult<()> {
+    if ctx.resource.kind == "Ingress" && ctx.resource.group == "networking.k8s.io" {
+        return default_ingress_class(ctx, obj).await;
+    }
     if ctx.resource.kind != "Pod" || !ctx.resource.group.is_empty() {
         return Ok(());
     }
@@ -88,6 +91,30 @@ pub async fn mutate_create(ctx: &Ctx, obj: &mut Value) -> ApiResult<()> {
         .unwrap_or(true);
     if automount {
         mount_service_account_token(obj);
+    }
+    Ok(())
+}
+
+/// Upstream's DefaultIngressClass: an Ingress created without a class gets the
+/// IngressClass marked as default (the newest, if several are).
+async fn default_ingress_class(ctx: &Ctx, obj: &mut Value) -> ApiResult<()> {
+    use super::kinds::networking::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
+    let has_class = obj.pointer("/spec/ingressClassName").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+    if has_class || obj.pointer("/metadata/annotations").and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)).is_some() {
+        return Ok(());
+    }
+    let classes = ctx.api.registry.lookup("networking.k8s.io", "v1", "ingressclasses").expect("ingress classes are always served");
+    let request = ListRequest { prefix: classes.key_prefix(None), ..Default::default() };
+    let page = ctx.api.store.list(request).await.map_err(|e| ApiError::from_store(e, classes.error_name(), ""))?;
+    let mut defaults = Vec::new();
+    for kv in &page.items {
+        let class = decode_stored(kv)?;
+        if class.pointer("/metadata/annotations").and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).and_then(Value::as_str) == Some("true") {
+            defaults.push((class.meta_str("creationTimestamp").unwrap_or("").to_owned(), class.name().to_owned()));
+        }
+    }
+    if let Some((_, name)) = defaults.into_iter().max() {
+        obj["spec"]["ingressClassName"] = json!(name);
     }
     Ok(())
 }

@@ -23,18 +23,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router, shutdown: CancellationToken) {
     let acceptor = TlsAcceptor::from(tls);
     let connections = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let acceptor = acceptor.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
@@ -45,20 +34,7 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
                 request.extensions_mut().insert(peer_identity.clone());
                 app.clone().oneshot(request.map(axum::body::Body::new))
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
+            if let Err(e) = serve_http1(TokioIo::new(tls), service, &shutdown).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -68,6 +44,48 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
     tokio::select! {
         _ = connections.wait() => {}
         _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("some connections did not finish within 10s"),
+    }
+}
+
+/// The next connection, or None once `shutdown` is signalled; failed accepts
+/// (out of file descriptors, a connection reset while queued) are retried.
+pub async fn accept(listener: &TcpListener, shutdown: &CancellationToken) -> Option<(TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection until it closes; on
+/// `shutdown`, lets the request in flight finish, then closes.
+pub async fn serve_http1<I, S, B>(io: I, service: S, shutdown: &CancellationToken) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
     }
 }
 

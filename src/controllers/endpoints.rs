@@ -28,6 +28,8 @@ struct Backend {
     ip: String,
     node: Option<String>,
     pod: ObjectReference,
+    /// The pod's hostname when its subdomain is this Service (StatefulSet pods), for DNS.
+    hostname: Option<String>,
     ready: bool,
     terminating: bool,
     /// Resolved `(name, port, protocol)` for each Service port.
@@ -81,9 +83,15 @@ fn backends(service: &Service, pods: &[Arc<Pod>]) -> Vec<Backend> {
                 .flatten()
                 .filter_map(|p| Some((p.name.clone(), resolve_port(p, pod)?, p.protocol.clone().unwrap_or_else(|| "TCP".into()))))
                 .collect();
+            let pod_spec = pod.spec.as_ref();
+            let hostname = pod_spec
+                .filter(|s| s.subdomain.as_deref() == service.metadata.name.as_deref())
+                .and_then(|s| s.hostname.clone())
+                .filter(|h| !h.is_empty());
             Some(Backend {
                 ip,
-                node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                node: pod_spec.and_then(|s| s.node_name.clone()),
+                hostname,
                 pod: ObjectReference {
                     kind: Some("Pod".into()),
                     name: pod.metadata.name.clone(),
@@ -109,7 +117,7 @@ fn subsets(backends: &[Backend]) -> Vec<EndpointSubset> {
             ports: Some(b.ports.iter().map(|(name, port, protocol)| EndpointPort { name: name.clone(), port: *port, protocol: Some(protocol.clone()), app_protocol: None }).collect()),
             ..Default::default()
         });
-        let address = EndpointAddress { ip: b.ip.clone(), node_name: b.node.clone(), target_ref: Some(b.pod.clone()), hostname: None };
+        let address = EndpointAddress { ip: b.ip.clone(), node_name: b.node.clone(), target_ref: Some(b.pod.clone()), hostname: b.hostname.clone() };
         let list = if b.ready { &mut subset.addresses } else { &mut subset.not_ready_addresses };
         list.get_or_insert_with(Vec::new).push(address);
     }
@@ -232,6 +240,7 @@ impl Reconciler for SliceController {
                         conditions: Some(EndpointConditions { ready: Some(b.ready), serving: Some(b.ready || b.terminating), terminating: Some(b.terminating) }),
                         node_name: b.node.clone(),
                         target_ref: Some(b.pod.clone()),
+                        hostname: b.hostname.clone(),
                         ..Default::default()
                     })
                     .collect();

@@ -1,6 +1,8 @@
-//! The service proxy (kube-proxy's role, nftables mode): every node programs
-//! its kernel so that Service cluster IPs, external and load-balancer IPs and
-//! node ports reach the Service's ready endpoints.
+//! Node networking. The service proxy (kube-proxy's role, nftables mode): every
+//! node programs its kernel so that Service cluster IPs, external and
+//! load-balancer IPs and node ports reach the Service's ready endpoints. The
+//! cluster DNS and the ingress proxy, and the Services that put a cluster IP in
+//! front of listeners of the node itself.
 //!
 //! - [`netlink`]: the nfnetlink socket; one batch = one atomic transaction.
 //! - [`nft`]: nf_tables objects and expressions as netlink messages.
@@ -9,14 +11,20 @@
 //! - [`proxier`]: the control loop over the shared informers.
 //! - [`servicelb`]: gives LoadBalancer Services the nodes' addresses (k3s's ServiceLB role).
 //! - [`bench`]: `rk bench proxy`, the cost of programming one Service among many.
+//! - [`dns`]: the cluster DNS (kube-dns/CoreDNS's role).
+//! - [`ingress`]: the ingress controller and HTTP(S) proxy.
+//! - [`node_service`]: Services whose endpoints are this node's own listeners.
 //!
 //! All rules live in rk's own tables, `table ip rk` and its Service shards
 //! `table ip rk-services-NN`; nothing else in the ruleset is touched.
 
 pub mod bench;
+pub mod dns;
+pub mod ingress;
 pub mod model;
 pub mod netlink;
 pub mod nft;
+pub mod node_service;
 pub mod proxier;
 pub mod servicelb;
 pub mod services;

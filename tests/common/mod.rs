@@ -28,6 +28,9 @@ impl Server {
     }
 
     /// Starts `rk server` with extra arguments and no node agent (no Docker needed).
+    /// The node's network services (DNS on port 53, ingress on 80/443) stay off
+    /// unless a test asks for them with their flags, so parallel servers do not
+    /// compete for those ports.
     pub fn start_with(args: &[&str]) -> Server {
         let mut all = vec!["--disable-agent"];
         all.extend_from_slice(args);
@@ -54,7 +57,13 @@ impl Server {
 
     fn launch(args: &[&str], node: Option<String>, proxy: bool) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Server { child: None, dir, url: String::new(), args: args.iter().map(|a| a.to_string()).collect(), port: 0, node, proxy };
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        for (prefixes, off) in [(["--dns", "--disable-dns"], "--disable-dns"), (["--ingress", "--disable-ingress"], "--disable-ingress")] {
+            if !args.iter().any(|a| prefixes.iter().any(|p| a.starts_with(p))) {
+                args.push(off.to_owned());
+            }
+        }
+        let mut server = Server { child: None, dir, url: String::new(), args, port: 0, node, proxy };
         server.spawn();
         server
     }
@@ -226,4 +235,16 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     check()
+}
+
+/// A loopback port free for both TCP and UDP right now, for a listener the
+/// test asks the server to open.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().expect("local address").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

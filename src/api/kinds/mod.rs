@@ -5,6 +5,7 @@
 
 mod batch;
 mod core;
+pub mod networking;
 mod pods;
 mod revisioned;
 mod workloads;
@@ -23,6 +24,7 @@ pub fn all() -> Vec<Resource> {
     resources.extend(workloads::resources());
     resources.extend(batch::resources());
     resources.extend(revisioned::resources());
+    resources.extend(networking::resources());
     resources
 }
 

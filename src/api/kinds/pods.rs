@@ -332,7 +332,7 @@ fn port_num(errs: &mut Vec<FieldError>, field: String, port: i64) {
 }
 
 /// Upstream's IsValidPortName (IANA_SVC_NAME).
-fn port_name(s: &str) -> Vec<String> {
+pub(super) fn port_name(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > 15 {
         errs.push("must be no more than 15 bytes".into());
