@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench bench-pods clean
+.PHONY: build run test lint bench bench-pods bench-scheduler clean
 
 build:
 	$(CARGO) build --release
@@ -26,6 +26,10 @@ bench:
 bench-pods:
 	bash tools/test-images.sh
 	$(CARGO) run --release -- bench pods
+
+# Pods scheduled per second on 1000 fake nodes.
+bench-scheduler:
+	$(CARGO) run --release -- bench scheduler --nodes 1000 --pods 10000
 
 clean:
 	$(CARGO) clean

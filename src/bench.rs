@@ -2,9 +2,11 @@
 //! client sees it: start-up time, durable creates per second at concurrency 1
 //! and 64, get and list latency, watch delivery latency to 100 watchers, and the
 //! server's memory. The figures go into the project's notes; targets live in
-//! `shared/targets.md`, not in tests.
+//! `shared/targets.md`, not in tests. `rk bench scheduler` ([`scheduler`])
+//! measures scheduling throughput on fake nodes.
 
 pub mod pods;
+pub mod scheduler;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -75,9 +77,19 @@ pub(crate) async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
 
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+/// The most resident memory a process has had, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+/// A memory figure (given in kB) from `/proc/<pid>/status`, in MiB.
+fn proc_status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 

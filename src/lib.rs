@@ -6,6 +6,7 @@
 //!   generic REST machinery driven by the resource registry, discovery, OpenAPI.
 //! - [`store`]: etcd's role: a durable key space with one global revision and a
 //!   revisioned watch log, on sled.
+//! - [`sched`]: the scheduler: finds each unassigned pod a node and binds it there.
 //! - [`controllers`]: the controller manager's control loops (ReplicaSets, Deployments,
 //!   DaemonSets, StatefulSets, …).
 //! - [`node`]: the node agent (pods as Docker containers), and the fake nodes used to
@@ -25,5 +26,6 @@ pub mod net;
 pub mod node;
 pub mod pki;
 pub mod runtime;
+pub mod sched;
 pub mod server;
 pub mod store;

@@ -58,6 +58,18 @@ enum BenchWhat {
         #[arg(long, default_value = "rk-test/busybox:1")]
         image: String,
     },
+    /// Scheduling throughput: a server with fake nodes, many concurrent pod creators, bindings timed by a watch
+    Scheduler {
+        /// Fake nodes to start the server with
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Pods to create and schedule
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Clients creating pods at once
+        #[arg(long, default_value_t = 64)]
+        creators: usize,
+    },
     /// Cluster DNS query latency (p50/p99) and queries/s over UDP
     Dns {
         /// Queries timed per kind of name
@@ -178,6 +190,9 @@ fn main() {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Scheduler { nodes, pods, creators }), .. }) => {
+                rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes, pods, creators }).await
+            }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Dns { queries, concurrency }), .. }) => {
                 rk::bench::dns::run(rk::bench::dns::DnsBenchOptions { queries, concurrency }).await
             }

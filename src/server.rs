@@ -118,6 +118,8 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         cluster_ca: pki.ca_pem().to_owned(),
     };
     crate::controllers::start(&controllers, &mut tasks);
+    let scheduler_client = crate::client::in_process(app.clone(), Identity::system("kube-scheduler"));
+    tasks.spawn(crate::sched::run(crate::sched::Profile::default(), controllers.informers.clone(), scheduler_client, shutdown.clone()));
     if config.proxy {
         let options = crate::net::ProxyOptions { cluster_cidr: config.controllers.cluster_cidr };
         tasks.spawn(crate::net::run(controllers.informers.clone(), options, shutdown.clone()));

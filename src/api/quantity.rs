@@ -1,6 +1,9 @@
 //! Kubernetes quantities (`100m`, `1Gi`, `2e3`): parsed into exact nano-units
 //! and printed in upstream's canonical form (`1000` → `1k`, `1536Mi` stays,
 //! `0.5` → `500m`), so sums such as a quota's usage read as the API prints them.
+//! The integer views the scheduler counts in (`milli_value` for millicores,
+//! `value` for bytes and counts) round up as upstream's `MilliValue()` and
+//! `Value()` do.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -47,6 +50,25 @@ const NANO: i128 = 1_000_000_000;
 /// Parses a quantity into nano-units (finer fractions round up), `None` if malformed.
 pub fn parse_nanos(s: &str) -> Option<i128> {
     parse(s).map(|(nanos, _)| nanos)
+}
+
+/// The quantity in thousandths, rounded up (how CPU is counted: millicores).
+pub fn milli_value(s: &str) -> Option<i64> {
+    parse_nanos(s).map(|nanos| saturate(ceil_div(nanos, 1_000_000)))
+}
+
+/// The quantity in whole units, rounded up (bytes, pods, devices).
+pub fn value(s: &str) -> Option<i64> {
+    parse_nanos(s).map(|nanos| saturate(ceil_div(nanos, NANO)))
+}
+
+fn ceil_div(n: i128, d: i128) -> i128 {
+    // Division truncates toward zero, which is the ceiling for negative numbers.
+    if n > 0 { n / d + i128::from(n % d != 0) } else { n / d }
+}
+
+fn saturate(n: i128) -> i64 {
+    n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 fn parse(s: &str) -> Option<(i128, Format)> {
@@ -231,6 +253,39 @@ mod tests {
         assert!(Quantity::parse("1Ki").unwrap() > Quantity::parse("1k").unwrap());
         assert_eq!(Quantity::count(3).to_string(), "3");
         assert_eq!((Quantity::zero() + Quantity::parse("256Mi").unwrap()).to_string(), "256Mi", "zero takes the other's format");
+    }
+
+    #[test]
+    fn cpu_counts_in_millicores_rounding_up() {
+        assert_eq!(milli_value("1"), Some(1000));
+        assert_eq!(milli_value("32"), Some(32_000));
+        assert_eq!(milli_value("250m"), Some(250));
+        assert_eq!(milli_value("0.1"), Some(100));
+        assert_eq!(milli_value("1.5"), Some(1500));
+        assert_eq!(milli_value("100u"), Some(1), "a tenth of a millicore rounds up to one");
+        assert_eq!(milli_value("1e-10"), Some(1), "finer than nano rounds up at parse time");
+        assert_eq!(milli_value("0"), Some(0));
+        assert_eq!(milli_value("-1500u"), Some(-1));
+    }
+
+    #[test]
+    fn memory_counts_in_bytes_rounding_up() {
+        assert_eq!(value("256Gi"), Some(256 << 30));
+        assert_eq!(value("1Ti"), Some(1 << 40));
+        assert_eq!(value("128974848"), Some(128_974_848));
+        assert_eq!(value("129e6"), Some(129_000_000));
+        assert_eq!(value("123Mi"), Some(123 << 20));
+        assert_eq!(value("1k"), Some(1000));
+        assert_eq!(value("1.5"), Some(2));
+        assert_eq!(value("500m"), Some(1));
+        assert_eq!(value("110"), Some(110));
+    }
+
+    #[test]
+    fn huge_quantities_saturate_instead_of_overflowing() {
+        assert_eq!(value("9999999999999999999999999999999999Ei"), Some(i64::MAX));
+        assert_eq!(value("16Ei"), Some(i64::MAX));
+        assert_eq!(milli_value("-99999999999999999999999999999999999"), Some(i64::MIN));
     }
 
     #[test]

@@ -365,7 +365,8 @@ impl Ctx {
         Ok(codec::respond(StatusCode::OK, &scale_of(&obj), self.output))
     }
 
-    /// `pods/binding`: sets `spec.nodeName` of an unassigned pod.
+    /// `pods/binding`: sets `spec.nodeName` of an unassigned pod and marks it
+    /// `PodScheduled=True`.
     async fn bind(&mut self, body: Value) -> ApiResult<Response> {
         let name = self.name()?.to_owned();
         let target = body.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -374,7 +375,7 @@ impl Ctx {
         }
         let resource = self.resource.clone();
         let conflict_name = name.clone();
-        self.guaranteed_update(&name, None, move |old| {
+        self.guaranteed_update(&name, Some(Subresource::Binding), move |old| {
             if old.is_deleting() {
                 return Err(ApiError::conflict(resource.error_name(), &conflict_name, "pod is being deleted, cannot be assigned to a host"));
             }
@@ -387,6 +388,7 @@ impl Ctx {
                 None => {
                     let mut new = old.clone();
                     new["spec"]["nodeName"] = json!(target);
+                    mark_scheduled(&mut new);
                     Ok(new)
                 }
             }
@@ -394,6 +396,25 @@ impl Ctx {
         .await?;
         let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
         Ok(codec::respond(StatusCode::CREATED, &status, Output::Json))
+    }
+}
+
+/// Sets the pod's `PodScheduled` condition to `True` (a new transition time only if it was not).
+fn mark_scheduled(pod: &mut Value) {
+    let now = super::object::now_rfc3339();
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    let conditions = &mut pod["status"]["conditions"];
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    let Some(list) = conditions.as_array_mut() else { return };
+    let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+    match list.iter_mut().find(|c| c["type"] == "PodScheduled") {
+        Some(c) if c["status"] == "True" => {}
+        Some(c) => *c = scheduled,
+        None => list.push(scheduled),
     }
 }
 

@@ -272,7 +272,9 @@ impl Ctx {
             }
         new_meta.insert("resourceVersion".into(), old_rev.to_string().into());
         *new.meta_mut() = new_meta;
-        let mut new = self.admit(new, Some(old))?;
+        // A binding only assigns the node, as upstream's binding storage does: the
+        // pod's update rules (which forbid changing spec.nodeName) do not apply.
+        let mut new = if sub == Some(Subresource::Binding) { new } else { self.admit(new, Some(old))? };
         if r.tracks_generation && spec_of(&new) != spec_of(old) {
             let generation = old.meta().and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
             new.set_meta("generation", generation + 1);
@@ -630,6 +632,7 @@ fn compose_update(old: &Value, desired: Value, sub: Option<Subresource>, has_sta
             }
             new
         }
+        Some(Subresource::Binding) => desired,
         Some(Subresource::Finalize) => {
             let mut new = old.clone();
             new["spec"]["finalizers"] = desired.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([]));

@@ -69,16 +69,16 @@ impl Recorder {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let fingerprint = format!("{}/{}/{}/{reason}/{message}", object.uid.as_deref().unwrap_or(""), object.kind.as_deref().unwrap_or(""), object.name.as_deref().unwrap_or(""));
         let now = jiff::Timestamp::now();
+        let recorded = Instant::now();
         let repeat = {
             let mut seen = self.seen.lock().expect("events lock");
-            seen.retain(|_, (_, _, at)| at.elapsed() < AGGREGATE_FOR);
             match seen.get_mut(&fingerprint) {
-                Some((name, count, at)) => {
+                Some((name, count, at)) if recorded.duration_since(*at) < AGGREGATE_FOR => {
                     *count += 1;
-                    *at = Instant::now();
+                    *at = recorded;
                     Some((name.clone(), *count))
                 }
-                None => None,
+                _ => None,
             }
         };
         if let Some((name, count)) = repeat {
@@ -106,8 +106,13 @@ impl Recorder {
         };
         events.create(&PostParams::default(), &event).await?;
         let mut seen = self.seen.lock().expect("events lock");
+        // Pruning only when full keeps recording cheap when every event is new
+        // (a scheduler records one per pod).
+        if seen.len() >= REMEMBER {
+            seen.retain(|_, (_, _, at)| recorded.duration_since(*at) < AGGREGATE_FOR);
+        }
         if seen.len() < REMEMBER {
-            seen.insert(fingerprint, (name, 1, Instant::now()));
+            seen.insert(fingerprint, (name, 1, recorded));
         }
         Ok(())
     }
