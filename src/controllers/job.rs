@@ -9,14 +9,14 @@
 //! outcome is counted twice or lost, even across restarts.
 
 use super::Context;
-use super::pods::{is_active, ready_since};
+use super::pods::{PodControl, is_active, ready_since};
 use crate::api::selector::LabelSelector;
 use crate::runtime::{Controller, Error, EventType, Informer, Next, Reconciler, Recorder, owner_keys, reference, split_key};
 use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -34,13 +34,17 @@ struct JobController {
     pods: Informer<Pod>,
     client: kube::Client,
     recorder: Recorder,
+    /// Creates and deletes pods, remembering it until the cache shows it.
+    control: PodControl,
 }
 
 pub async fn run(ctx: Context) {
     let jobs = ctx.informers.get::<Job>();
     let pods = ctx.informers.get::<Pod>();
     let controller = Controller::new("job-controller", ctx.options.workers).owns_kind(&jobs).watch(&pods, |c| owner_keys(c, "Job"));
-    let reconciler = Arc::new(JobController { jobs, pods, client: ctx.client.clone(), recorder: ctx.recorder("job-controller") });
+    let recorder = ctx.recorder("job-controller");
+    let control = PodControl::new(ctx.client.clone(), pods.clone(), recorder.clone());
+    let reconciler = Arc::new(JobController { jobs, pods, client: ctx.client.clone(), recorder, control });
     controller.run(reconciler, ctx.shutdown.clone()).await;
 }
 
@@ -105,7 +109,8 @@ impl JobController {
             .collect()
     }
 
-    async fn create_pod(&self, job: &Job, index: Option<i32>) -> Result<(), Error> {
+    /// The pod a Job runs (for `index` in Indexed mode), tracked by the finalizer.
+    fn pod_for(job: &Job, index: Option<i32>) -> Pod {
         let spec = job.spec.clone().unwrap_or_default();
         let template = spec.template;
         let meta = template.metadata.unwrap_or_default();
@@ -119,7 +124,7 @@ impl JobController {
                 c.env.get_or_insert_with(Vec::new).push(EnvVar { name: "JOB_COMPLETION_INDEX".into(), value: Some(i.to_string()), value_from: None });
             }
         }
-        let pod = Pod {
+        Pod {
             metadata: kube::api::ObjectMeta {
                 generate_name: Some(match index {
                     Some(i) => format!("{name}-{i}-"),
@@ -140,30 +145,11 @@ impl JobController {
             },
             spec: Some(pod_spec),
             status: None,
-        };
-        let created = Api::<Pod>::namespaced(self.client.clone(), &job.namespace().unwrap_or_default()).create(&PostParams::default(), &pod).await;
-        match created {
-            Ok(p) => {
-                self.recorder.record(reference(job), EventType::Normal, "SuccessfulCreate", format!("Created pod: {}", p.name_any()));
-                Ok(())
-            }
-            Err(e) => {
-                self.recorder.record(reference(job), EventType::Warning, "FailedCreate", format!("Error creating: {e}"));
-                Err(e.into())
-            }
         }
     }
 
-    async fn delete_pods(&self, job: &Job, pods: &[Arc<Pod>]) -> Result<(), Error> {
-        let api = Api::<Pod>::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
-        for pod in pods {
-            match api.delete(&pod.name_any(), &DeleteParams::default()).await {
-                Ok(_) => self.recorder.record(reference(job), EventType::Normal, "SuccessfulDelete", format!("Deleted pod: {}", pod.name_any())),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+    async fn delete_pods(&self, job: &Job, key: &str, pods: &[Arc<Pod>]) -> Result<(), Error> {
+        self.control.delete(job, key, pods.iter().map(|p| p.name_any()).collect()).await
     }
 
     async fn remove_finalizer(&self, pod: &Pod) -> Result<(), Error> {
@@ -187,7 +173,10 @@ impl JobController {
 #[async_trait]
 impl Reconciler for JobController {
     async fn reconcile(&self, key: &str) -> Result<Next, Error> {
-        let Some(job) = self.jobs.get(key) else { return Ok(Next::Done) };
+        let Some(job) = self.jobs.get(key) else {
+            self.control.forget(key);
+            return Ok(Next::Done);
+        };
         let spec = job.spec.clone().unwrap_or_default();
         let pods = self.owned_pods(&job);
         let current = serde_json::to_value(job.as_ref())?.get("status").cloned().unwrap_or(json!({}));
@@ -260,24 +249,26 @@ impl Reconciler for JobController {
                 None
             };
             if let Some((reason, message)) = failure {
-                self.delete_pods(&job, &active).await?;
+                self.delete_pods(&job, key, &active).await?;
                 conditions.push(condition("FailureTarget", reason, message));
                 conditions.push(condition("Failed", reason, message));
                 self.recorder.record(reference(job.as_ref()), EventType::Warning, reason, message);
             } else if complete {
-                self.delete_pods(&job, &active).await?;
+                self.delete_pods(&job, key, &active).await?;
                 conditions.push(condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"));
                 conditions.push(condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"));
                 status["completionTime"] = json!(crate::api::object::now_rfc3339());
                 self.recorder.record(reference(job.as_ref()), EventType::Normal, "Completed", "Job completed");
+            } else if !self.control.satisfied(key) {
+                // What was just created or deleted is not in the cache yet; look again when it is.
             } else if spec.suspend == Some(true) {
-                self.delete_pods(&job, &active).await?;
+                self.delete_pods(&job, key, &active).await?;
             } else {
                 let parallelism = i64::from(spec.parallelism.unwrap_or(1));
                 let remaining = spec.completions.map_or(parallelism, |c| i64::from(c) - if indexed { completed_indexes.len() as i64 } else { total_ok });
                 let want = parallelism.min(remaining).max(0) as usize;
                 if active.len() > want {
-                    self.delete_pods(&job, &active[want..]).await?;
+                    self.delete_pods(&job, key, &active[want..]).await?;
                 } else if active.len() < want {
                     let delay = if total_failed > 0 { BACKOFF_BASE.saturating_mul(1 << (total_failed - 1).min(8) as u32).min(BACKOFF_MAX) } else { Duration::ZERO };
                     let last_failure = pods.iter().filter(|p| phase(p) == "Failed").filter_map(|p| p.metadata.creation_timestamp.as_ref()).map(|t| t.0).max();
@@ -287,9 +278,8 @@ impl Reconciler for JobController {
                         None => {
                             let busy: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
                             let mut free = (0..spec.completions.unwrap_or(0)).filter(|i| !completed_indexes.contains(i) && !busy.contains(i));
-                            for _ in active.len()..want {
-                                self.create_pod(&job, if indexed { free.next() } else { None }).await?;
-                            }
+                            let pods = (active.len()..want).map(|_| Self::pod_for(&job, if indexed { free.next() } else { None })).collect();
+                            self.control.create(job.as_ref(), key, pods).await?;
                         }
                     }
                 }
