@@ -1,6 +1,9 @@
-//! The service proxy (kube-proxy's role, nftables mode): every node programs
-//! its kernel so that Service cluster IPs, external and load-balancer IPs and
-//! node ports reach the Service's ready endpoints.
+//! Node networking. The service proxy (kube-proxy's role, nftables mode):
+//! every node programs its kernel so that Service cluster IPs, external and
+//! load-balancer IPs and node ports reach the Service's ready endpoints. The
+//! pod network (the CNI bridge/host-local plugins' and flannel host-gw's role):
+//! each node's pods on a bridge of their own, addresses from the node's pod
+//! CIDR, routes between nodes, masquerade on the way out.
 //!
 //! - [`netlink`]: the nfnetlink socket; one batch = one atomic transaction.
 //! - [`nft`]: nf_tables objects and expressions as netlink messages.
@@ -9,14 +12,25 @@
 //! - [`proxier`]: the control loop over the shared informers.
 //! - [`servicelb`]: gives LoadBalancer Services the nodes' addresses (k3s's ServiceLB role).
 //! - [`bench`]: `rk bench proxy`, the cost of programming one Service among many.
+//! - [`podnet`]: the node's bridge and the plugging of pod sandboxes into it.
+//! - [`ipam`]: host-local addresses from the node's pod CIDR, kept on disk.
+//! - [`links`]: links, addresses and routes over rtnetlink, in any network namespace.
+//! - [`hostgw`]: the routes to other nodes' pod CIDRs.
+//! - [`podrules`]: masquerading pods' outbound traffic, and Docker's forward policy.
 //!
-//! All rules live in rk's own tables, `table ip rk` and its Service shards
-//! `table ip rk-services-NN`; nothing else in the ruleset is touched.
+//! The proxy's rules live in rk's own tables, `table ip rk` and its Service
+//! shards `table ip rk-services-NN`; the pod network's in `table ip rk-podnet`,
+//! plus two accept rules in Docker's `DOCKER-USER` chain (see [`podrules`]).
 
 pub mod bench;
+pub mod hostgw;
+pub mod ipam;
+pub mod links;
 pub mod model;
 pub mod netlink;
 pub mod nft;
+pub mod podnet;
+pub mod podrules;
 pub mod proxier;
 pub mod servicelb;
 pub mod services;
