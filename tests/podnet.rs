@@ -80,14 +80,14 @@ impl Lab {
         sh(&["ip", "-n", &outside, "link", "add", "lan", "type", "bridge"]);
         sh(&["ip", "-n", &outside, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "lan"]);
         sh(&["ip", "-n", &outside, "link", "set", "lan", "up"]);
-        for i in 0..nodes {
+        for (i, node_ip) in NODE_IPS.iter().enumerate().take(nodes) {
             let node = lab.node(i);
             let port = format!("port{i}");
             sh(&["ip", "netns", "add", &node]);
             sh(&["ip", "-n", &node, "link", "set", "lo", "up"]);
             sh(&["ip", "-n", &node, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &outside]);
             sh(&["ip", "-n", &outside, "link", "set", &port, "master", "lan", "up"]);
-            sh(&["ip", "-n", &node, "addr", "add", &format!("{}/24", NODE_IPS[i]), "dev", "eth0"]);
+            sh(&["ip", "-n", &node, "addr", "add", &format!("{node_ip}/24"), "dev", "eth0"]);
             sh(&["ip", "-n", &node, "link", "set", "eth0", "up"]);
             sh(&["ip", "-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
             // What Docker does to a host's filter table.
@@ -343,4 +343,22 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_through_host_gw_routes() {
     agent.stop();
     server.ok(&["delete", "node", &second]);
     assert!(eventually(TIMEOUT, || lab.on_node(0, &["ip", "route", "show", "proto", "82"]).is_empty()), "the route to a deleted node's pods stays");
+}
+
+#[test]
+fn a_restarted_agent_keeps_its_pods_addresses_and_never_hands_one_out_twice() {
+    let Some(lab) = Lab::new(1) else { return };
+    let mut server = Server::start_in_netns(&lab.node(0), NODE_IPS[0], &[]);
+    let node = server.node.clone().expect("an agent");
+    apply(&server, &who_pod("first", &node, json!({})));
+    let first = pod_ip(&running(&server, "first"));
+
+    // SIGKILL: nothing is cleaned up; the new agent adopts the sandbox and plugs it again.
+    server.restart();
+    apply(&server, &who_pod("second", &node, json!({})));
+    let second = running(&server, "second");
+    assert_ne!(pod_ip(&second), first, "an address in use is not handed out again");
+    assert_eq!(who_eventually(&second, &first), ("first".to_owned(), pod_ip(&second)));
+    assert_eq!(pod_ip(&running(&server, "first")), first);
+    assert_eq!(pod_links(&lab, 0).len(), 2, "the adopted sandbox keeps its one veth");
 }

@@ -129,7 +129,12 @@ impl PodNetwork {
     /// The bridge, the kernel settings and the rules: created or repaired.
     async fn ensure_host(&self) -> Result<(), Error> {
         let index = links::ensure_bridge(&self.handle, &self.bridge, self.gateway, self.ranges.pod_cidr.prefix_len()).await?;
-        self.bridge_index.store(index, Ordering::Relaxed);
+        let before = self.bridge_index.swap(index, Ordering::Relaxed);
+        if before != 0 && before != index {
+            // Its ports went with it: every sandbox is plugged in again on its next sync.
+            tracing::warn!(bridge = self.bridge, "the pod bridge was deleted and has been created again");
+            self.plugged.lock().expect("plugged lock").clear();
+        }
         enable_forwarding();
         let ranges = self.ranges;
         let installed = tokio::task::spawn_blocking(move || -> Result<podrules::Installed, super::netlink::Error> {
