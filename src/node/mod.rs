@@ -142,11 +142,11 @@ pub async fn run(client: kube::Client, config: AgentConfig, shutdown: Cancellati
     let informers = Informers::new(client.clone(), shutdown.clone());
     let pod_network = match &config.pod_network {
         Some(options) => crate::net::podnet::start(&informers, &node, options, &config.data_dir, &shutdown).await,
-        None => None,
+        None => {
+            tracing::info!(network = config.network, "rk's pod network is disabled: pods join Docker's network, with no routes between nodes' pods");
+            None
+        }
     };
-    if pod_network.is_none() {
-        tracing::info!(network = config.network, "pods join Docker's network (rk's pod network is off): no routes between nodes' pods");
-    }
     let networking = network::Networking::new(pod_network, &config.network, config.dns.clone());
 
     let selector = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
