@@ -271,7 +271,8 @@ fn pod_links(lab: &Lab, node: usize) -> Vec<String> {
 #[test]
 fn pods_get_addresses_of_their_node_reach_each_other_their_services_and_the_outside_masqueraded() {
     let Some(lab) = Lab::new(1) else { return };
-    let server = Server::start_in_netns(&lab.node(0), NODE_IPS[0], &[]);
+    // A simulated node too: its address is on no network of this node.
+    let server = Server::start_in_netns(&lab.node(0), NODE_IPS[0], &["--fake-nodes", "1"]);
     let node = server.node.clone().expect("an agent");
     apply(&server, &who_pod("web", &node, json!({})));
     apply(&server, &who_pod("client", &node, json!({})));
@@ -300,6 +301,11 @@ fn pods_get_addresses_of_their_node_reach_each_other_their_services_and_the_outs
     assert!(resolv.contains("nameserver 10.43.0.10") && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
     assert!(resolv.contains("options ndots:5"), "{resolv}");
     assert!(exec(&client, "cat /etc/hosts").contains(&format!("{}\tclient", pod_ip(&client))));
+
+    // No route to a node that cannot be reached directly; a warning instead.
+    node_pod_cidr(&server, "fake-0");
+    assert!(eventually(TIMEOUT, || server.log().contains("is not on this node's network")), "{}", server.log());
+    assert_eq!(lab.on_node(0, &["ip", "route", "show", "proto", "82"]), "");
 
     // A deleted pod gives back its address and its veth.
     assert_eq!(pod_links(&lab, 0).len(), 2);

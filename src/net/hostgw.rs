@@ -77,7 +77,8 @@ impl Reconciler for HostGw {
                     self.unreachable.lock().expect("unreachable lock").remove(route);
                     tracing::info!(destination = %route.destination, via = %route.gateway, "added a route to a node's pods");
                 }
-                Err(e) if links::errno(&e) == Some(libc::ENETUNREACH) => {
+                // The kernel's "Nexthop has invalid gateway" (EINVAL) or ENETUNREACH.
+                Err(e) if matches!(links::errno(&e), Some(libc::EINVAL | libc::ENETUNREACH)) => {
                     if self.unreachable.lock().expect("unreachable lock").insert(*route) {
                         tracing::warn!(destination = %route.destination, via = %route.gateway, "a node's address is not on this node's network: its pods are unreachable from here (host-gw routing needs the nodes on one L2 network)");
                     }
