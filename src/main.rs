@@ -21,6 +21,39 @@ enum Command {
     Server(Box<ServerArgs>),
     /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory (`rk bench dns`: DNS query latency)
     Bench(BenchArgs),
+    /// Run this machine as a node of an existing cluster: the node agent and the service proxy
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Join with an existing kubeconfig: the cluster's address and the credentials the node uses
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: PathBuf,
+
+    /// Name of this machine's node [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+
+    /// Where pod volumes and pod-network state live [default: /var/lib/rk/agent for root, ~/.rk/agent otherwise]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// The cluster's range of pod IPs (its server's --cluster-cidr)
+    #[arg(long, default_value = "10.42.0.0/16", value_name = "CIDR")]
+    cluster_cidr: ipnet::Ipv4Net,
+
+    /// The cluster's range of Service cluster IPs (its server's --service-cidr)
+    #[arg(long, default_value = "10.43.0.0/16", value_name = "CIDR")]
+    service_cidr: ipnet::Ipv4Net,
+
+    /// Put pods on Docker's bridge network instead of rk's pod network (no pod traffic between nodes)
+    #[arg(long)]
+    disable_pod_network: bool,
+
+    /// Do not program Services into this host's nf_tables
+    #[arg(long)]
+    disable_proxy: bool,
 }
 
 #[derive(clap::Args)]
@@ -174,6 +207,10 @@ struct ServerArgs {
     /// Where the ingress proxy serves HTTPS
     #[arg(long, default_value = "0.0.0.0:443", value_name = "IP:PORT")]
     ingress_https: SocketAddr,
+
+    /// Put this machine's pods on Docker's bridge network instead of rk's pod network (no pod traffic between nodes)
+    #[arg(long)]
+    disable_pod_network: bool,
 }
 
 fn main() {
@@ -186,6 +223,13 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(*args)).await,
+            Command::Agent(args) => {
+                let data_dir = args.data_dir.unwrap_or_else(|| server::default_data_dir().join("agent"));
+                let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
+                let agent = agent_config(&node_name, data_dir, args.cluster_cidr, args.service_cidr, args.disable_pod_network);
+                let proxy = (!args.disable_proxy).then_some(rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr });
+                rk::node::remote::run(&args.kubeconfig, agent, proxy).await
+            }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Pods { pods, image }), .. }) => {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
@@ -210,6 +254,13 @@ fn main() {
 fn server_config(args: ServerArgs) -> ServerConfig {
     let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
     let ranges = rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range };
+    let dns = rk::net::dns::DnsOptions {
+        enabled: !args.disable_dns,
+        listen: args.dns_listen,
+        cluster_domain: args.cluster_domain,
+        cluster_dns: args.cluster_dns.unwrap_or_else(|| IpAddr::V4(ranges.dns_service_ip())),
+        upstreams: args.dns_upstream,
+    };
     ServerConfig {
         data_dir: data_dir.clone(),
         bind_address: args.bind_address,
@@ -230,16 +281,12 @@ fn server_config(args: ServerArgs) -> ServerConfig {
         service_ranges: ranges.clone(),
         agent: (!args.disable_agent).then(|| {
             let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
-            rk::node::AgentConfig::new(&node_name, data_dir.clone())
+            let mut agent = agent_config(&node_name, data_dir.clone(), args.cluster_cidr, args.service_cidr, args.disable_pod_network);
+            agent.dns = dns.pod_dns();
+            agent
         }),
         proxy: !args.disable_proxy,
-        dns: rk::net::dns::DnsOptions {
-            enabled: !args.disable_dns,
-            listen: args.dns_listen,
-            cluster_domain: args.cluster_domain,
-            cluster_dns: args.cluster_dns.unwrap_or_else(|| IpAddr::V4(ranges.dns_service_ip())),
-            upstreams: args.dns_upstream,
-        },
+        dns,
         ingress: rk::net::ingress::IngressOptions { enabled: !args.disable_ingress, http: args.ingress_http, https: args.ingress_https },
     }
 }
@@ -247,6 +294,14 @@ fn server_config(args: ServerArgs) -> ServerConfig {
 /// A DNS server address; port 53 unless given.
 fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>().or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))).map_err(|_| format!("{s} is not an IP or IP:PORT"))
+}
+
+fn agent_config(node: &str, data_dir: PathBuf, cluster_cidr: ipnet::Ipv4Net, service_cidr: ipnet::Ipv4Net, disable_pod_network: bool) -> rk::node::AgentConfig {
+    let mut config = rk::node::AgentConfig::new(node, data_dir, cluster_cidr, service_cidr);
+    if disable_pod_network {
+        config.pod_network = None;
+    }
+    config
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

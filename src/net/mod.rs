@@ -1,8 +1,11 @@
-//! Node networking. The service proxy (kube-proxy's role, nftables mode): every
-//! node programs its kernel so that Service cluster IPs, external and
+//! Node networking. The service proxy (kube-proxy's role, nftables mode):
+//! every node programs its kernel so that Service cluster IPs, external and
 //! load-balancer IPs and node ports reach the Service's ready endpoints. The
-//! cluster DNS and the ingress proxy, and the Services that put a cluster IP in
-//! front of listeners of the node itself.
+//! pod network (the CNI bridge/host-local plugins' and flannel host-gw's role):
+//! each node's pods on a bridge of their own, addresses from the node's pod
+//! CIDR, routes between nodes, masquerade on the way out. The cluster DNS and
+//! the ingress proxy, and the Services that put a cluster IP in front of
+//! listeners of the node itself.
 //!
 //! - [`netlink`]: the nfnetlink socket; one batch = one atomic transaction.
 //! - [`nft`]: nf_tables objects and expressions as netlink messages.
@@ -14,17 +17,28 @@
 //! - [`dns`]: the cluster DNS (kube-dns/CoreDNS's role).
 //! - [`ingress`]: the ingress controller and HTTP(S) proxy.
 //! - [`node_service`]: Services whose endpoints are this node's own listeners.
+//! - [`podnet`]: the node's bridge and the plugging of pod sandboxes into it.
+//! - [`ipam`]: host-local addresses from the node's pod CIDR, kept on disk.
+//! - [`links`]: links, addresses and routes over rtnetlink, in any network namespace.
+//! - [`hostgw`]: the routes to other nodes' pod CIDRs.
+//! - [`podrules`]: masquerading pods' outbound traffic, and Docker's forward policy.
 //!
-//! All rules live in rk's own tables, `table ip rk` and its Service shards
-//! `table ip rk-services-NN`; nothing else in the ruleset is touched.
+//! The proxy's rules live in rk's own tables, `table ip rk` and its Service
+//! shards `table ip rk-services-NN`; the pod network's in `table ip rk-podnet`,
+//! plus two accept rules in Docker's `DOCKER-USER` chain (see [`podrules`]).
 
 pub mod bench;
 pub mod dns;
+pub mod hostgw;
 pub mod ingress;
+pub mod ipam;
+pub mod links;
 pub mod model;
 pub mod netlink;
 pub mod nft;
 pub mod node_service;
+pub mod podnet;
+pub mod podrules;
 pub mod proxier;
 pub mod servicelb;
 pub mod services;

@@ -261,8 +261,14 @@ fn u32_host(v: u32) -> Vec<u8> {
     v.to_ne_bytes().to_vec()
 }
 
-fn saddr() -> Expr {
+/// `ip saddr` into reg1.
+pub(super) fn saddr() -> Expr {
     nft::payload(Header::Network, 12, 4, Register::Reg1)
+}
+
+/// `ip daddr` into reg1.
+pub(super) fn daddr() -> Expr {
+    nft::payload(Header::Network, 16, 4, Register::Reg1)
 }
 
 /// `reg1 = <32-bit host-order value>; reg1 & mask <op> value`.
@@ -271,7 +277,7 @@ fn masked(load: Expr, mask: u32, op: Operator, value: u32) -> Vec<Expr> {
 }
 
 /// An address under a prefix, in network byte order.
-fn prefix(load: Expr, net: Ipv4Net, op: Operator) -> Vec<Expr> {
+pub(super) fn prefix(load: Expr, net: Ipv4Net, op: Operator) -> Vec<Expr> {
     vec![
         load,
         nft::bitwise(Register::Reg1, Register::Reg1, net.netmask().octets().to_vec(), vec![0; 4]),
@@ -340,7 +346,7 @@ pub fn encode(rule: &Rule) -> Vec<Expr> {
         Rule::Reject => vec![nft::reject_port_unreachable()],
         Rule::DropLocalnetMartians => {
             let loopback: Ipv4Net = "127.0.0.0/8".parse().expect("valid prefix");
-            let mut out = prefix(nft::payload(Header::Network, 16, 4, Register::Reg1), loopback, Operator::Equal);
+            let mut out = prefix(daddr(), loopback, Operator::Equal);
             out.extend(prefix(saddr(), loopback, Operator::NotEqual));
             out.extend(masked(nft::ct(CtKey::Status, Register::Reg1), IPS_DST_NAT, Operator::Equal, 0));
             out.push(nft::verdict(Action::Drop, None));

@@ -32,6 +32,7 @@ pub enum CtKey {
 #[derive(Clone, Copy, Debug)]
 pub enum Action {
     Drop,
+    Accept,
     Return,
     Jump,
     Goto,
@@ -106,6 +107,7 @@ pub fn immediate(dreg: Register, data: Vec<u8>) -> Expr {
 fn verdict_data(action: Action, chain: Option<&str>) -> DataAttribute {
     let code = match action {
         Action::Drop => Verdict::Other(0),
+        Action::Accept => Verdict::Other(1),
         Action::Return => Verdict::Return,
         Action::Jump => Verdict::Jump,
         Action::Goto => Verdict::Goto,
@@ -177,6 +179,16 @@ pub fn dynset_update(set: &str, sreg: Register, timeout_seconds: u32) -> Expr {
     let timeout_ms = u64::from(timeout_seconds) * 1000;
     // NFTA_DYNSET_SET_NAME, NFTA_DYNSET_OP = NFT_DYNSET_OP_UPDATE, NFTA_DYNSET_SREG_KEY, NFTA_DYNSET_TIMEOUT
     raw("dynset", vec![DefaultNla::new(1, name), be32(3, 1), be32(4, reg(sreg)), DefaultNla::new(6, timeout_ms.to_be_bytes().to_vec())])
+}
+
+/// A rule's user data holding `comment` as `nft` writes it: one
+/// `NFTNL_UDATA_RULE_COMMENT` TLV with the NUL-terminated text.
+pub fn rule_comment(comment: &str) -> Vec<u8> {
+    let mut text = comment.as_bytes()[..comment.len().min(127)].to_vec();
+    text.push(0);
+    let mut out = vec![0, text.len() as u8];
+    out.extend(text);
+    out
 }
 
 /// A base chain's place in the packet path.
@@ -295,6 +307,24 @@ impl Batch {
         self.push(NfTablesMessage::NewRule(RuleMessage { attributes }), NLM_F_CREATE | netlink_packet_core::NLM_F_APPEND, || {
             format!("adding a rule to chain {name}", name = chain)
         });
+    }
+
+    /// Puts a rule at the head of a chain, with a comment (`nft` shows it;
+    /// rk finds its own rules in chains it does not own by it).
+    pub fn insert_rule(&mut self, chain: &str, expressions: Vec<Expr>, comment: &str) {
+        let attributes = vec![
+            RuleAttribute::Table(self.table.clone()),
+            RuleAttribute::Chain(chain.to_owned()),
+            RuleAttribute::Expressions(expressions),
+            RuleAttribute::UserData(rule_comment(comment)),
+        ];
+        self.push(NfTablesMessage::NewRule(RuleMessage { attributes }), NLM_F_CREATE, || format!("inserting a rule into chain {chain}"));
+    }
+
+    /// Deletes one rule by its handle.
+    pub fn delete_rule(&mut self, chain: &str, handle: u64) {
+        let attributes = vec![RuleAttribute::Table(self.table.clone()), RuleAttribute::Chain(chain.to_owned()), RuleAttribute::Handle(handle)];
+        self.push(NfTablesMessage::DeleteRule(RuleMessage { attributes }), 0, || format!("deleting rule {handle} of chain {chain}"));
     }
 
     /// Creates a named set unless it exists. `key_types` are its concatenated fields.

@@ -5,6 +5,7 @@
 //! stdin/tty translated as the kubelet's Docker integration did.
 
 use super::docker::{self, Role};
+use super::network::EtcFiles;
 use super::volumes::Prepared;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -88,6 +89,8 @@ pub struct ContainerPlan<'a> {
     pub image_user: &'a str,
     /// Host file mounted at the container's terminationMessagePath.
     pub termination_message_file: PathBuf,
+    /// The pod's resolv.conf and hosts, mounted over the image's.
+    pub etc: &'a EtcFiles,
 }
 
 fn millis(q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>) -> Option<i64> {
@@ -154,6 +157,15 @@ impl ContainerPlan<'_> {
                 source: Some(source.display().to_string()),
                 typ: Some(MountType::BIND),
                 read_only: Some(vm.read_only == Some(true) || volume.read_only),
+                ..Default::default()
+            });
+        }
+        let etc = [("/etc/resolv.conf", Some(&self.etc.resolv_conf)), ("/etc/hosts", self.etc.hosts.as_ref())];
+        for (target, source) in etc.into_iter().filter_map(|(t, s)| Some((t, s?))) {
+            mounts.push(Mount {
+                target: Some(target.to_owned()),
+                source: Some(source.display().to_string()),
+                typ: Some(MountType::BIND),
                 ..Default::default()
             });
         }
@@ -247,6 +259,11 @@ mod tests {
         p
     }
 
+    fn etc() -> &'static EtcFiles {
+        static ETC: std::sync::OnceLock<EtcFiles> = std::sync::OnceLock::new();
+        ETC.get_or_init(|| EtcFiles { resolv_conf: "/data/etc/resolv.conf".into(), hosts: Some("/data/etc/hosts".into()) })
+    }
+
     fn plan<'a>(pod: &'a Pod, volumes: &'a HashMap<String, Prepared>, image_user: &'a str) -> ContainerPlan<'a> {
         ContainerPlan {
             pod,
@@ -258,6 +275,7 @@ mod tests {
             volumes,
             image_user,
             termination_message_file: PathBuf::from("/data/msg"),
+            etc: etc(),
         }
     }
 
@@ -298,7 +316,9 @@ mod tests {
         assert_eq!(host.group_add.unwrap(), ["5"]);
         let mounts = host.mounts.unwrap();
         assert_eq!(mounts[0].source.as_deref(), Some("/v/data"));
-        assert_eq!(mounts[1].target.as_deref(), Some("/dev/termination-log"));
+        let targets: Vec<&str> = mounts.iter().filter_map(|m| m.target.as_deref()).collect();
+        assert_eq!(targets, ["/data", "/etc/resolv.conf", "/etc/hosts", "/dev/termination-log"]);
+        assert_eq!(mounts[1].source.as_deref(), Some("/data/etc/resolv.conf"));
         assert_eq!(body.labels.unwrap()[docker::LABEL_ATTEMPT], "3");
     }
 

@@ -7,13 +7,15 @@
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage, ExecConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum, EventMessage, ExecConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 pub const LABEL_NODE: &str = "io.rk.node";
@@ -94,6 +96,8 @@ pub struct Observed {
     pub error: String,
     /// For a sandbox: its address on the pod network.
     pub ip: Option<String>,
+    /// The process holding its namespaces, while it runs.
+    pub pid: Option<u32>,
     pub grace_seconds: Option<i64>,
     pub termination_message_file: Option<String>,
 }
@@ -150,6 +154,7 @@ fn observed(inspect: ContainerInspectResponse, network: &str) -> Option<Observed
         oom_killed: state.oom_killed.unwrap_or(false),
         error: state.error.unwrap_or_default(),
         ip,
+        pid: state.pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0),
         grace_seconds: labels.get(LABEL_GRACE).and_then(|g| g.parse().ok()),
         termination_message_file: labels.get(LABEL_TERMINATION_MESSAGE).cloned(),
     })
@@ -184,6 +189,7 @@ pub fn message(e: &DockerError) -> String {
 pub struct Runtime {
     docker: Docker,
     node: String,
+    /// The Docker network whose address a sandbox reports first.
     network: String,
 }
 
@@ -201,11 +207,6 @@ impl Runtime {
 
     pub fn node(&self) -> &str {
         &self.node
-    }
-
-    /// The Docker network sandboxes join.
-    pub fn network(&self) -> &str {
-        &self.network
     }
 
     /// The engine's version, e.g. `20.10.24`.
@@ -236,6 +237,12 @@ impl Runtime {
                 Some((labels.get(LABEL_POD_UID)?.clone(), pod_key(labels)?))
             })
             .collect())
+    }
+
+    /// The ids of this node's running pod sandboxes.
+    pub async fn running_sandboxes(&self) -> Result<HashSet<String>, Error> {
+        let summaries = self.list(&[(LABEL_ROLE, Role::Sandbox.label())]).await?;
+        Ok(summaries.into_iter().filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING)).filter_map(|c| c.id).collect())
     }
 
     /// Every container of pod `namespace/name` on this node (of any uid),

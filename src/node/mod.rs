@@ -3,9 +3,10 @@
 //! sandbox per pod holding the network namespace, init and app containers
 //! joining it — reconciled level-triggered per pod key (`pods`, `sync`) from
 //! the API's wishes and Docker's state, with volumes, probes, restarts and
-//! status. It needs only a `kube::Client` and a node name, so it runs the same
-//! embedded in `rk server` or on another machine. `fake` holds the simulated
-//! nodes used to exercise the control plane.
+//! status. Pods are put on rk's pod network (`network`, `crate::net::podnet`)
+//! once the node has a pod CIDR. It needs only a `kube::Client` and a node
+//! name, so it runs the same embedded in `rk server` or on another machine.
+//! `fake` holds the simulated nodes used to exercise the control plane.
 
 pub mod backoff;
 pub mod containers;
@@ -15,8 +16,11 @@ pub mod fake;
 pub mod heartbeat;
 pub mod host;
 pub mod images;
+pub mod names;
+pub mod network;
 pub mod pods;
 pub mod probes;
+pub mod remote;
 pub mod sources;
 pub mod status;
 mod sync;
@@ -41,8 +45,15 @@ pub struct AgentConfig {
     pub node_name: String,
     /// Holds `pods/<uid>/` (volumes, termination messages).
     pub data_dir: PathBuf,
-    /// The Docker network pod sandboxes join.
+    /// The Docker network pod sandboxes join when rk's pod network is off or
+    /// unavailable (no pod CIDR, no privileges).
     pub network: String,
+    /// rk's pod network (a bridge, addresses from the node's pod CIDR, routes
+    /// to other nodes); `None` puts pods on Docker's `network` only.
+    pub pod_network: Option<crate::net::podnet::Options>,
+    /// How pods resolve names: the cluster DNS ClusterFirst pods are pointed at,
+    /// the cluster domain, the host's resolvers.
+    pub dns: crate::net::dns::resolv::PodDns,
     /// Docker's socket; the default one when `None`.
     pub docker_socket: Option<String>,
     /// Pods synced at once.
@@ -50,8 +61,17 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    pub fn new(node_name: &str, data_dir: PathBuf) -> Self {
-        Self { node_name: node_name.to_owned(), data_dir, network: "bridge".into(), docker_socket: None, workers: 8 }
+    /// An agent of a cluster whose pods and Services get addresses from these ranges.
+    pub fn new(node_name: &str, data_dir: PathBuf, cluster_cidr: ipnet::Ipv4Net, service_cidr: ipnet::Ipv4Net) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            data_dir,
+            network: "bridge".into(),
+            pod_network: Some(crate::net::podnet::Options::new(cluster_cidr, service_cidr)),
+            dns: crate::net::dns::DnsOptions::for_service_range(service_cidr).pod_dns(),
+            docker_socket: None,
+            workers: 8,
+        }
     }
 }
 
@@ -120,9 +140,18 @@ pub async fn run(client: kube::Client, config: AgentConfig, shutdown: Cancellati
     let host_ip = heartbeat.node_ip();
     tokio::spawn(heartbeat.run(shutdown.clone()));
 
+    let informers = Informers::new(client.clone(), shutdown.clone());
+    let pod_network = match &config.pod_network {
+        Some(options) => crate::net::podnet::start(&informers, &node, options, &config.data_dir, &shutdown).await,
+        None => {
+            tracing::info!(network = config.network, "rk's pod network is disabled: pods join Docker's network, with no routes between nodes' pods");
+            None
+        }
+    };
+    let networking = network::Networking::new(pod_network, &config.network, config.dns.clone());
+
     let selector = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let pods = Informer::start(Api::<Pod>::all(client.clone()), selector, shutdown.clone());
-    let informers = Informers::new(client.clone(), shutdown.clone());
     let config_maps = informers.get::<ConfigMap>();
     let secrets = informers.get::<Secret>();
     let recorder = Recorder::new(client.clone(), "kubelet", Some(node.clone()));
@@ -145,6 +174,7 @@ pub async fn run(client: kube::Client, config: AgentConfig, shutdown: Cancellati
         recorder,
         host_ip,
         allocatable,
+        networking,
     ));
     // Reconciling before the caches hold everything would remove containers
     // of pods that exist.
@@ -219,6 +249,7 @@ async fn resync(
         }
         reconciler.images().gc();
         reconciler.gc_backoffs();
+        reconciler.networking().release_unused(&runtime).await;
     }
 }
 

@@ -10,6 +10,7 @@ use super::backoff::Backoff;
 use super::docker::{Observed, Role, Runtime};
 use super::host::Capacity;
 use super::images::{Images, Waiting};
+use super::network::Networking;
 use super::probes::{self, Prober};
 use super::sources::Cached;
 use super::status::Snapshot;
@@ -42,6 +43,7 @@ pub struct PodReconciler {
     pub(super) restarts: Backoff,
     pub(super) host_ip: Option<String>,
     pub(super) allocatable: Capacity,
+    pub(super) networking: Networking,
     /// The last status written per pod uid: the base for the next one, since
     /// the cache may not have caught up with it yet.
     written: Mutex<HashMap<String, PodStatus>>,
@@ -87,6 +89,7 @@ impl PodReconciler {
         recorder: Recorder,
         host_ip: Option<String>,
         allocatable: Capacity,
+        networking: Networking,
     ) -> Self {
         Self {
             node: node.to_owned(),
@@ -101,12 +104,25 @@ impl PodReconciler {
             restarts: Backoff::default(),
             host_ip,
             allocatable,
+            networking,
             written: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn images(&self) -> &Images {
         &self.images
+    }
+
+    pub fn networking(&self) -> &Networking {
+        &self.networking
+    }
+
+    /// Every container of pod `namespace/name` on this node (of any uid), with
+    /// the addresses of sandboxes on rk's pod network.
+    pub(super) async fn observe(&self, namespace: &str, name: &str) -> Result<Vec<Observed>, Error> {
+        let mut containers = self.runtime.pod_containers(namespace, name).await?;
+        self.networking.fill_addresses(&mut containers);
+        Ok(containers)
     }
 
     /// Drops crash-loop back-offs that expired anyway.
@@ -160,6 +176,7 @@ impl PodReconciler {
             });
             futures::future::join_all(stops).await;
         }
+        self.networking.unplug(containers).await;
     }
 
     /// Runs a container's preStop hook within `budget`; records Killing.
@@ -287,7 +304,7 @@ impl Reconciler for PodReconciler {
         let pod = self.pods.get(key).filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(self.node.as_str()));
         let uid = pod.as_ref().and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
         let (mine, strays): (Vec<Observed>, Vec<Observed>) =
-            self.runtime.pod_containers(namespace, name).await?.into_iter().partition(|c| c.pod_uid == uid);
+            self.observe(namespace, name).await?.into_iter().partition(|c| c.pod_uid == uid);
         if !strays.is_empty() {
             self.remove_strays(strays).await?;
         }

@@ -283,6 +283,7 @@ mod tests {
             oom_killed: false,
             error: String::new(),
             ip: (role == Role::Sandbox).then(|| "172.17.0.9".into()),
+            pid: None,
             grace_seconds: None,
             termination_message_file: None,
         }

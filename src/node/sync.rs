@@ -11,6 +11,7 @@ use super::containers::{self, ContainerPlan, pod_description};
 use super::docker::{self, Observed, Role, RunState};
 use super::env;
 use super::images::credentials_for;
+use super::network::EtcFiles;
 use super::pods::{Outcome, PodReconciler, grace_period};
 use super::probes::{self, PodProbes};
 use super::sources::PodAddresses;
@@ -43,13 +44,14 @@ struct PodCtx<'a> {
     pod_ref: ObjectReference,
     sandbox: &'a Observed,
     volumes: &'a HashMap<String, Prepared>,
+    etc: &'a EtcFiles,
 }
 
 impl PodReconciler {
     async fn relist(&self, pod: &Pod) -> Result<Vec<Observed>, Error> {
         let m = &pod.metadata;
         let uid = m.uid.as_deref().unwrap_or_default();
-        let all = self.runtime.pod_containers(m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")).await?;
+        let all = self.observe(m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")).await?;
         Ok(all.into_iter().filter(|c| c.pod_uid == uid).collect())
     }
 
@@ -97,8 +99,19 @@ impl PodReconciler {
                 }
             }
         }
+        if let Some(running) = sandbox.as_mut().filter(|_| !host_network) {
+            if let Err(message) = self.networking.plug(running).await {
+                let message = format!("Failed to set up the network of pod sandbox {}: {message}", running.id);
+                self.recorder.record(pod_ref.clone(), EventType::Warning, "FailedCreatePodSandBox", message);
+                outcome.requeue_after(RETRY_SETUP);
+                sandbox = None;
+            }
+            self.networking.fill_addresses(&mut mine);
+        }
         if let (Some(sandbox), Some(volumes)) = (&sandbox, &prepared) {
-            let ctx = PodCtx { pod, uid: uid.clone(), pod_ref: pod_ref.clone(), sandbox, volumes };
+            let pod_dir = volumes::pod_dir(&self.data_dir, &uid);
+            let etc = self.networking.write_etc_files(pod, &pod_dir, sandbox.ip.as_deref()).map_err(|e| format!("writing the pod's resolv.conf and hosts: {e}"))?;
+            let ctx = PodCtx { pod, uid: uid.clone(), pod_ref: pod_ref.clone(), sandbox, volumes, etc: &etc };
             if self.sync_containers(&ctx, &mine, &mut outcome).await? {
                 mine = self.relist(pod).await?;
             }
@@ -121,7 +134,7 @@ impl PodReconciler {
 
     async fn start_sandbox(&self, pod: &Pod, attempt: u32) -> Result<(), String> {
         let image = self.images.ensure_pause().await.map_err(|e| e.to_string())?;
-        let (name, body) = containers::sandbox(&self.runtime.base_labels(), pod, &image, self.runtime.network(), attempt);
+        let (name, body) = containers::sandbox(&self.runtime.base_labels(), pod, &image, self.networking.sandbox_network(), attempt);
         let id = match self.runtime.create(&name, body).await {
             Ok(id) => id,
             // Created already (by an earlier sync); the next one finds it.
@@ -270,6 +283,7 @@ impl PodReconciler {
             volumes: ctx.volumes,
             image_user: &info.user,
             termination_message_file: message_file,
+            etc: ctx.etc,
         };
         let (name, body) = match plan.body(&self.runtime.base_labels()) {
             Ok(b) => b,
@@ -319,6 +333,7 @@ impl PodReconciler {
         for ((role, name), _) in groups {
             let keep = if role == Role::Sandbox { 1 } else { 2 };
             for old in instances(mine, role, name).into_iter().skip(keep).filter(|c| !c.running()) {
+                self.networking.unplug([old]).await;
                 self.runtime.remove(&old.id).await?;
                 if let Some(file) = &old.termination_message_file {
                     let _ = std::fs::remove_file(file);

@@ -19,6 +19,10 @@ pub struct Server {
     pub node: Option<String>,
     /// Whether the service proxy programs this host's nf_tables (off unless a test opts in).
     pub proxy: bool,
+    /// The network namespace (under /run/netns) the server and kubectl run in; the host's when None.
+    pub netns: Option<String>,
+    /// The address the API listens on.
+    bind: String,
 }
 
 impl Server {
@@ -39,12 +43,37 @@ impl Server {
 
     /// Starts `rk server` with its embedded node agent on Docker, under a node
     /// name of its own so concurrent tests never touch each other's containers.
+    /// Its pods join Docker's bridge network: rk's pod network would make every
+    /// concurrent test's agent claim the same bridge and addresses on this host
+    /// (tests/podnet.rs runs it in network namespaces of its own).
     pub fn start_with_agent(args: &[&str]) -> Server {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let node = format!("rk-test-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-        let mut all = vec!["--node-name", node.as_str()];
+        let node = unique_node_name();
+        let mut all = vec!["--node-name", node.as_str(), "--disable-pod-network"];
         all.extend_from_slice(args);
         Self::launch(&all, Some(node.clone()), false)
+    }
+
+    /// Starts `rk server` with its node agent, rk's pod network and the service
+    /// proxy inside network namespace `netns`, where they own the networking;
+    /// the API listens on `bind` there, and kubectl runs there too.
+    pub fn start_in_netns(netns: &str, bind: &str, args: &[&str]) -> Server {
+        let node = unique_node_name();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut all = vec!["--node-name".to_owned(), node.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut server = Server {
+            child: None,
+            dir,
+            url: String::new(),
+            args: all,
+            port: 0,
+            node: Some(node),
+            proxy: true,
+            netns: Some(netns.to_owned()),
+            bind: bind.to_owned(),
+        };
+        server.spawn();
+        server
     }
 
     /// Starts `rk server` (no node agent) with its service proxy, which programs
@@ -63,7 +92,7 @@ impl Server {
                 args.push(off.to_owned());
             }
         }
-        let mut server = Server { child: None, dir, url: String::new(), args, port: 0, node, proxy };
+        let mut server = Server { child: None, dir, url: String::new(), args, port: 0, node, proxy, netns: None, bind: "127.0.0.1".into() };
         server.spawn();
         server
     }
@@ -79,8 +108,12 @@ impl Server {
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.kubeconfig());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rk"))
-            .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", &self.port.to_string()])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rk"));
+        if let Some(netns) = &self.netns {
+            in_netns(&mut command, netns);
+        }
+        let child = command
+            .args(["server", "--bind-address", &self.bind, "--https-listen-port", &self.port.to_string()])
             .args(&self.args)
             .args((!self.proxy).then_some("--disable-proxy"))
             .arg("--data-dir")
@@ -146,6 +179,9 @@ impl Server {
 
     pub fn kubectl_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("kubectl");
+        if let Some(netns) = &self.netns {
+            in_netns(&mut cmd, netns);
+        }
         cmd.args(args)
             .env("KUBECONFIG", self.kubeconfig())
             .env("KUBECACHEDIR", self.dir.path().join("kubecache"))
@@ -199,6 +235,37 @@ impl Drop for Server {
             unmount_below(self.dir.path());
         }
     }
+}
+
+/// A node name no other test (or concurrent test run) uses: agents sharing
+/// one Docker engine tell their containers apart by it.
+pub fn unique_node_name() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("rk-test-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Makes `command` start inside network namespace `netns` (under /run/netns).
+pub fn in_netns<'a>(command: &'a mut Command, netns: &str) -> &'a mut Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let namespace = std::fs::File::open(format!("/run/netns/{netns}")).expect("the network namespace exists");
+    // SAFETY: between fork and exec the child only calls setns(2), which is
+    // async-signal-safe, on a descriptor it inherited.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        })
+    }
+}
+
+/// Builds the container images the node agent's tests use (tools/test-images.sh), once per test binary.
+pub fn test_images() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/test-images.sh");
+        let status = Command::new("bash").arg(script).status().expect("tools/test-images.sh runs");
+        assert!(status.success(), "building the test images failed");
+    });
 }
 
 /// Removes every container the agent of `node` left behind.

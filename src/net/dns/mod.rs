@@ -51,6 +51,19 @@ pub struct DnsOptions {
 }
 
 impl DnsOptions {
+    /// The defaults of a cluster whose Services get addresses from `service_cidr`:
+    /// the kube-dns Service's address and `cluster.local`.
+    pub fn for_service_range(service_cidr: ipnet::Ipv4Net) -> Self {
+        let ranges = crate::api::allocator::Ranges { service_cidr, ..Default::default() };
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 53)),
+            cluster_domain: "cluster.local".into(),
+            cluster_dns: IpAddr::V4(ranges.dns_service_ip()),
+            upstreams: Vec::new(),
+        }
+    }
+
     /// What the node agent needs to write pods' resolv.conf.
     pub fn pod_dns(&self) -> PodDns {
         PodDns {
