@@ -10,17 +10,24 @@
 pub mod backoff;
 pub mod containers;
 pub mod docker;
+pub mod endpoint;
 pub mod env;
+mod exec;
 pub mod fake;
 pub mod heartbeat;
 pub mod host;
 pub mod images;
+mod logs;
+pub mod metrics;
 pub mod pods;
+mod portforward;
 pub mod probes;
 pub mod sources;
+pub mod spdy;
 pub mod status;
 mod sync;
 pub mod volumes;
+mod websocket;
 
 use crate::runtime::{Change, Controller, Informer, Informers, Recorder, WorkQueue, key_of};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret};
