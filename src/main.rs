@@ -121,6 +121,10 @@ struct ServerArgs {
     /// Do not program Services into this host's nf_tables (no service proxy, no ServiceLB)
     #[arg(long)]
     disable_proxy: bool,
+
+    /// Port of the node agent's HTTPS endpoint (logs, exec, attach, port-forward, metrics); 0 picks a free one
+    #[arg(long, default_value_t = rk::node::DEFAULT_ENDPOINT_PORT, value_name = "PORT")]
+    kubelet_port: u16,
 }
 
 fn main() {
@@ -173,6 +177,7 @@ fn server_config(args: ServerArgs) -> ServerConfig {
             rk::node::AgentConfig::new(&node_name, data_dir.clone())
         }),
         proxy: !args.disable_proxy,
+        kubelet_port: args.kubelet_port,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod error;
 pub mod fields;
 pub mod kinds;
+pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -60,6 +61,9 @@ pub struct Api {
     pub advertise_address: String,
     /// Where Service addresses come from.
     pub ranges: allocator::Ranges,
+    /// How pods' streams and node metrics are fetched from node agents;
+    /// `None` when this server has no client certificate for them.
+    pub nodes: Option<nodeproxy::NodeClient>,
 }
 
 impl Api {
@@ -70,11 +74,12 @@ impl Api {
         shutdown: CancellationToken,
         advertise_address: String,
         ranges: allocator::Ranges,
+        nodes: Option<nodeproxy::NodeClient>,
     ) -> Arc<Self> {
         let registry = kinds::registry();
         let types = schema::Types::new(&registry);
         let openapi = openapi::OpenApi::new(&registry, &types);
-        Arc::new(Self { store, registry, types, openapi, tokens, signer, shutdown, advertise_address, ranges })
+        Arc::new(Self { store, registry, types, openapi, tokens, signer, shutdown, advertise_address, ranges, nodes })
     }
 }
 

@@ -54,11 +54,25 @@ pub struct AgentConfig {
     pub docker_socket: Option<String>,
     /// Pods synced at once.
     pub workers: usize,
+    /// The HTTPS endpoint the API server reaches pods' streams and the
+    /// node's metrics through; `None` serves none.
+    pub endpoint: Option<EndpointConfig>,
 }
+
+/// Where and with which certificate the agent's endpoint listens.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// 0 picks a free port (reported in the Node's daemonEndpoints).
+    pub port: u16,
+    pub tls: endpoint::ServingTls,
+}
+
+/// The kubelet's port.
+pub const DEFAULT_ENDPOINT_PORT: u16 = 10250;
 
 impl AgentConfig {
     pub fn new(node_name: &str, data_dir: PathBuf) -> Self {
-        Self { node_name: node_name.to_owned(), data_dir, network: "bridge".into(), docker_socket: None, workers: 8 }
+        Self { node_name: node_name.to_owned(), data_dir, network: "bridge".into(), docker_socket: None, workers: 8, endpoint: None }
     }
 }
 
@@ -123,12 +137,25 @@ fn users<K: kube::Resource>(pods: Informer<Pod>, config_map: bool) -> impl Fn(&C
 pub async fn run(client: kube::Client, config: AgentConfig, shutdown: CancellationToken) -> Result<(), crate::runtime::Error> {
     let node = config.node_name.clone();
     let runtime = docker::Runtime::connect(config.docker_socket.as_deref(), &node, &config.network)?;
-    let heartbeat = heartbeat::Heartbeat::new(client.clone(), runtime.clone(), &node, config.data_dir.clone());
+    let listener = match &config.endpoint {
+        Some(e) => Some(endpoint::bind(e.port).await.map_err(|err| format!("the node's endpoint cannot listen on port {}: {err}", e.port))?),
+        None => None,
+    };
+    let endpoint_port = listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+    let heartbeat = heartbeat::Heartbeat::new(client.clone(), runtime.clone(), &node, config.data_dir.clone(), endpoint_port);
     let host_ip = heartbeat.node_ip();
     tokio::spawn(heartbeat.run(shutdown.clone()));
 
     let selector = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let pods = Informer::start(Api::<Pod>::all(client.clone()), selector, shutdown.clone());
+    if let (Some(listener), Some(e)) = (listener, &config.endpoint) {
+        let tls = crate::pki::mutual_tls_server_config(&e.tls.cert_pem, &e.tls.key_pem, &e.tls.ca_pem).map_err(|err| format!("the node's endpoint certificate: {err}"))?;
+        let samples = metrics::Samples::default();
+        tokio::spawn(metrics::run(runtime.clone(), samples.clone(), shutdown.clone()));
+        let app = endpoint::router(endpoint::Endpoint { runtime: runtime.clone(), pods: pods.clone(), samples });
+        tokio::spawn(crate::api::serve::serve_tls(listener, Arc::new(tls), app, shutdown.clone()));
+        tracing::info!(node, port = endpoint_port, "node endpoint listening");
+    }
     let informers = Informers::new(client.clone(), shutdown.clone());
     let config_maps = informers.get::<ConfigMap>();
     let secrets = informers.get::<Secret>();

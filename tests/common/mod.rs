@@ -39,7 +39,7 @@ impl Server {
     pub fn start_with_agent(args: &[&str]) -> Server {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let node = format!("rk-test-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-        let mut all = vec!["--node-name", node.as_str()];
+        let mut all = vec!["--node-name", node.as_str(), "--kubelet-port", "0"];
         all.extend_from_slice(args);
         Self::launch(&all, Some(node.clone()), false)
     }
