@@ -196,7 +196,7 @@ where
             Err(message) => {
                 let mut socket = socket;
                 let _ = send(&mut socket, STATUS, failure(message).to_string().as_bytes()).await;
-                let _ = socket.close(None).await;
+                websocket::close(&mut socket).await;
             }
         }
     });
@@ -260,7 +260,7 @@ async fn session(socket: Socket, docker: &Docker, target: Target, mut output: Ou
     if let Some(mut sink) = sink {
         let status = target.status(docker, command).await;
         let _ = send(&mut sink, STATUS, status.to_string().as_bytes()).await;
-        let _ = sink.close().await;
+        websocket::close(&mut sink).await;
     }
 }
 

@@ -179,6 +179,7 @@ async fn streams<IO: AsyncRead + AsyncWrite + Send + 'static>(io: IO, dialer: Di
             let id = if kind.as_deref() == Some("data") { stream.id.saturating_sub(2) } else { stream.id };
             id.to_string()
         });
+        tracing::debug!(stream = stream.id, ?port, ?kind, request, "port-forward stream");
         let (Some(port), Some(kind)) = (port, kind) else {
             stream.sender.reset().await;
             continue;
@@ -192,7 +193,9 @@ async fn streams<IO: AsyncRead + AsyncWrite + Send + 'static>(io: IO, dialer: Di
                 continue;
             }
         }
-        if let Some((Some(data), Some(error))) = pending.remove(&request).map(|p| (p.0, p.1)).filter(|p| p.0.is_some() && p.1.is_some()) {
+        if pair.0.is_some() && pair.1.is_some()
+            && let Some((Some(data), Some(error))) = pending.remove(&request)
+        {
             tokio::spawn(forward(data, error, port, dialer));
         }
     }
@@ -202,7 +205,9 @@ async fn streams<IO: AsyncRead + AsyncWrite + Send + 'static>(io: IO, dialer: Di
 /// Copies between a data stream and a connection to `port` in the pod, then
 /// closes the error stream (after writing to it what went wrong, if anything).
 async fn forward(mut data: Stream, error: Stream, port: u16, dialer: Dialer) {
-    let connection = match dialer.connect(port).await {
+    let connected = dialer.connect(port).await;
+    tracing::debug!(port, ?dialer, ok = connected.is_ok(), "port-forward connection");
+    let connection = match connected {
         Ok(c) => c,
         Err(e) => {
             let message = format!("error forwarding port {port} to pod: {e}");
@@ -321,7 +326,7 @@ async fn channels(socket: Socket, dialer: Dialer, ports: Vec<u16>) {
             },
         }
     }
-    let _ = sink.close().await;
+    websocket::close(&mut sink).await;
 }
 
 #[cfg(test)]

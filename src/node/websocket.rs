@@ -65,6 +65,14 @@ pub fn switching_protocols(headers: &HeaderMap, protocol: &str) -> Option<Respon
         .ok()
 }
 
+/// Ends a WebSocket with a normal closure (clients treat a close without a
+/// status code as an error).
+pub async fn close<S: futures::Sink<Message> + Unpin>(sink: &mut S) {
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
+    let _ = sink.close().await;
+}
+
 /// The WebSocket once the 101 has gone out.
 pub async fn accept(upgrade: OnUpgrade) -> Option<Socket> {
     match upgrade.await {
@@ -110,7 +118,7 @@ pub fn byte_stream(socket: Socket) -> DuplexStream {
                     }
                 }
             }
-            let _ = sink.close().await;
+            close(&mut sink).await;
         };
         // Either side ending ends the tunnel.
         tokio::select! {
