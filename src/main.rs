@@ -21,6 +21,40 @@ enum Command {
     Server(ServerArgs),
     /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory
     Bench(BenchArgs),
+    /// Run a node agent on this machine that joins a cluster with a join token
+    Agent(AgentArgs),
+    /// Print the server's join token (for `rk agent --token`)
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The API server to join, e.g. https://10.0.0.1:6443
+    #[arg(long, value_name = "URL")]
+    server: String,
+
+    /// The join token (`rk token` on the server prints it)
+    #[arg(long, env = "RK_TOKEN", value_name = "TOKEN")]
+    token: String,
+
+    /// Name of this machine's node [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+
+    /// Where the agent keeps its credentials and pods' files [default: /var/lib/rk for root, ~/.rk otherwise]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Port of the node agent's HTTPS endpoint; 0 picks a free one
+    #[arg(long, default_value_t = rk::node::DEFAULT_ENDPOINT_PORT, value_name = "PORT")]
+    kubelet_port: u16,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The server's data directory [default: /var/lib/rk for root, ~/.rk otherwise]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +171,8 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(args)).await,
+            Command::Agent(args) => run_agent(args).await,
+            Command::Token(args) => print_token(args),
             Command::Bench(BenchArgs { what: Some(BenchWhat::Pods { pods, image }), .. }) => {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
@@ -150,6 +186,34 @@ fn main() {
         eprintln!("rk: {e}");
         std::process::exit(1);
     }
+}
+
+async fn run_agent(args: AgentArgs) -> Result<(), server::Error> {
+    let options = rk::agent::AgentOptions {
+        server: args.server,
+        token: args.token,
+        node_name: args.node_name.unwrap_or_else(rk::node::host::hostname),
+        data_dir: args.data_dir.unwrap_or_else(server::default_data_dir),
+        endpoint_port: args.kubelet_port,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop.cancel();
+    });
+    rk::agent::run(options, shutdown).await
+}
+
+fn print_token(args: TokenArgs) -> Result<(), server::Error> {
+    let path = args.data_dir.unwrap_or_else(server::default_data_dir).join(rk::join::TOKEN_FILE);
+    let token = std::fs::read_to_string(&path).map_err(|e| format!("reading {} (has `rk server` started with this data directory?): {e}", path.display()))?;
+    println!("{}", token.trim());
+    Ok(())
 }
 
 fn server_config(args: ServerArgs) -> ServerConfig {

@@ -88,7 +88,8 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     if !config.bind_address.is_unspecified() {
         sans.push(config.bind_address.to_string());
     }
-    let pki = Pki::load_or_create(&config.data_dir.join("tls"), &sans)?;
+    let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"), &sans)?);
+    let join_token = crate::join::load_or_create(&config.data_dir, &pki.ca_sha256_hex())?;
     let tokens = Tokens::default();
     let admin_token = load_or_create_token(&config.data_dir.join("token"))?;
     tokens.insert(admin_token, Identity::new("system:admin", &["system:masters", "system:authenticated"]));
@@ -103,7 +104,7 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     let nodes = node_client(&pki)?;
     let api = Api::new(store.clone() as SharedStorage, tokens, signer, shutdown.clone(), advertise.clone(), config.service_ranges.clone(), Some(nodes));
     crate::api::allocator::repair(&api.store, &api.ranges).await.map_err(|e| format!("repairing service address allocations: {e}"))?;
-    let app = api::router(api.clone());
+    let app = api::router(api.clone()).merge(crate::join::router(pki.clone(), join_token));
     bootstrap(&app).await?;
     publish_api_service(&app, &config.service_ranges, api_endpoint(config.bind_address), address.port()).await?;
 

@@ -20,9 +20,7 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Duration;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 /// Request headers that stay with the API server.
 const PRIVATE_HEADERS: &[&str] = &["authorization", "cookie", "host", "impersonate-user", "impersonate-group", "content-length"];
@@ -39,24 +37,12 @@ impl NodeClient {
         Self { tls: tokio_rustls::TlsConnector::from(Arc::new(config)) }
     }
 
-    /// Sends `request` to `host:port` on a connection of its own; the
-    /// connection lives on for an upgrade.
+    /// Sends `request` to the agent at `host:port` on a connection of its
+    /// own, which lives on for an upgrade.
     pub async fn send(&self, host: &str, port: u16, request: http::Request<Empty<bytes::Bytes>>) -> ApiResult<http::Response<hyper::body::Incoming>> {
-        let unreachable = |e: String| ApiError::service_unavailable(format!("error dialing the node agent at {host}:{port}: {e}"));
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
+        crate::client::https(&self.tls, host, port, request)
             .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| unreachable(e.to_string()))?;
-        let tls = self.tls.connect(name, tcp).await.map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "node agent connection ended");
-            }
-        });
-        sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))
+            .map_err(|e| ApiError::service_unavailable(format!("error dialing the node agent at {host}:{port}: {e}")))
     }
 }
 
