@@ -25,6 +25,7 @@ pub mod probes;
 pub mod sources;
 pub mod spdy;
 pub mod status;
+pub mod tokens;
 mod sync;
 pub mod volumes;
 mod websocket;

@@ -42,6 +42,8 @@ pub struct PodReconciler {
     pub(super) restarts: Backoff,
     pub(super) host_ip: Option<String>,
     pub(super) allocatable: Capacity,
+    /// Projected service account tokens.
+    pub(super) tokens: super::tokens::Tokens,
     /// The last status written per pod uid: the base for the next one, since
     /// the cache may not have caught up with it yet.
     written: Mutex<HashMap<String, PodStatus>>,
@@ -96,6 +98,7 @@ impl PodReconciler {
             prober,
             pods,
             sources,
+            tokens: super::tokens::Tokens::new(client.clone()),
             client,
             recorder,
             restarts: Backoff::default(),
@@ -133,6 +136,7 @@ impl PodReconciler {
     fn forget(&self, uid: &str) -> Result<(), Error> {
         self.prober.forget_pod(uid);
         self.images.forget_pod(uid);
+        self.tokens.forget_pod(uid);
         self.restarts.forget_prefix(&format!("{uid}/"));
         self.written.lock().expect("written lock").remove(uid);
         volumes::cleanup(&self.data_dir, uid).map_err(|e| format!("removing the volumes of pod {uid}: {e}"))?;
