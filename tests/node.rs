@@ -6,23 +6,13 @@
 
 mod common;
 
-use common::{Server, eventually};
+use common::{Server, eventually, test_images};
 use serde_json::Value;
 use std::process::Command;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const BUSYBOX: &str = "rk-test/busybox:1";
-
-fn test_images() {
-    static BUILT: Once = Once::new();
-    BUILT.call_once(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/test-images.sh");
-        let status = Command::new("bash").arg(script).status().expect("tools/test-images.sh runs");
-        assert!(status.success(), "building the test images failed");
-    });
-}
 
 fn agent_server() -> Server {
     test_images();

@@ -227,3 +227,13 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// Builds the test images once per test binary (tools/test-images.sh keeps existing ones).
+pub fn test_images() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/test-images.sh");
+        let status = Command::new("bash").arg(script).status().expect("tools/test-images.sh runs");
+        assert!(status.success(), "building the test images failed");
+    });
+}
