@@ -154,46 +154,6 @@ async fn issue(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-/// Accepts any server certificate: only for fetching the CA, which is then
-/// checked against the token's hash before anything is trusted.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Why joining failed: the server could not be reached (worth retrying), or
 /// it answered no.
 #[derive(Debug)]
@@ -220,15 +180,9 @@ async fn body_text(response: http::Response<hyper::body::Incoming>) -> Result<St
 /// Obtains `node`'s credentials from the server at `host:port` with `token`.
 pub async fn join(host: &str, port: u16, token: &JoinToken, node: &str, names: Vec<String>) -> Result<Credentials, JoinError> {
     let unreachable = |e: String| JoinError::Unreachable(format!("reaching the server at {host}:{port}: {e}"));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let insecure = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| unreachable(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
+    // Nothing is trusted yet: the CA is checked against the token's hash below.
     let request = http::Request::get(CA_PATH).header(header::HOST, host).body(Full::new(Bytes::new())).map_err(|e| unreachable(e.to_string()))?;
-    let response = crate::client::https(&tokio_rustls::TlsConnector::from(Arc::new(insecure)), host, port, request).await.map_err(unreachable)?;
+    let response = crate::client::https(&crate::client::insecure_tls(), host, port, request).await.map_err(unreachable)?;
     if response.status() != StatusCode::OK {
         return Err(JoinError::Refused(format!("the server answered {} for its CA", response.status())));
     }

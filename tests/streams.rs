@@ -32,6 +32,15 @@ fn wait_running(server: &Server, pod: &str) {
     assert!(running, "pod {pod} never ran; log:\n{}", server.log());
 }
 
+/// Runs a one-container pod (`labels` as YAML flow mapping) and waits until it runs.
+fn run_pod(server: &Server, name: &str, labels: &str, image: &str, command: &str) {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {labels}}}\nspec:\n  nodeName: NODE\n  containers:\n  - {{name: app, image: \"{image}\", command: {command}}}\n"
+    );
+    apply(server, &yaml);
+    wait_running(server, name);
+}
+
 fn text(out: &std::process::Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -52,7 +61,7 @@ spec:
   containers:
   - name: lines
     image: rk-test/busybox:1
-    command: ["sh", "-c", "for i in 1 2 3 4 5; do echo line-$i; done; echo to-stderr >&2; sleep 3600"]
+    command: ["sh", "-c", "for i in 1 2 3 4 5; do echo line-$i; done; sleep 1; echo to-stderr >&2; sleep 3600"]
   - name: ticker
     image: rk-test/busybox:1
     command: ["sh", "-c", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 1; done"]
@@ -91,19 +100,7 @@ spec:
 #[test]
 fn exec_carries_output_stdin_terminals_and_exit_codes() {
     let server = agent_server();
-    apply(
-        &server,
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: shell}
-spec:
-  nodeName: NODE
-  containers:
-  - {name: app, image: "rk-test/busybox:1", command: ["sleep", "3600"]}
-"#,
-    );
-    wait_running(&server, "shell");
+    run_pod(&server, "shell", "{}", "rk-test/busybox:1", r#"["sleep", "3600"]"#);
     let out = server.kubectl(&["exec", "shell", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
     let (stdout, stderr) = text(&out);
     assert_eq!((out.status.code(), stdout.as_str()), (Some(3), "out\n"));
@@ -115,12 +112,10 @@ spec:
     assert!(err.contains("container nope is not valid for pod shell"), "{err}");
 
     // With a terminal (script gives kubectl one): the command sees a TTY, input echoes, the exit code comes back.
-    let command = format!("kubectl exec -it shell -- sh -c 'tty; read line; echo got-$line; exit 4'");
-    let mut script = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env("KUBECONFIG", server.kubeconfig())
-        .env("KUBECACHEDIR", server.dir.path().join("kubecache"))
-        .env("HOME", server.dir.path())
+    let command = "kubectl exec -it shell -- sh -c 'tty; read line; echo got-$line; exit 4'";
+    let mut script = server
+        .command("script")
+        .args(["-qec", command, "/dev/null"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -137,23 +132,10 @@ spec:
 #[test]
 fn attach_streams_the_output_of_a_running_container() {
     let server = agent_server();
-    apply(
-        &server,
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: talker}
-spec:
-  nodeName: NODE
-  containers:
-  - {name: app, image: "rk-test/busybox:1", command: ["sh", "-c", "while true; do echo talking; sleep 1; done"]}
-"#,
-    );
-    wait_running(&server, "talker");
-    let mut attach = Command::new("kubectl")
+    run_pod(&server, "talker", "{}", "rk-test/busybox:1", r#"["sh", "-c", "while true; do echo talking; sleep 1; done"]"#);
+    let mut attach = server
+        .command("kubectl")
         .args(["attach", "talker"])
-        .env("KUBECONFIG", server.kubeconfig())
-        .env("HOME", server.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -167,10 +149,9 @@ spec:
 
 /// Starts `kubectl port-forward` to `target` and returns it with the local port it chose.
 fn port_forward(server: &Server, target: &str, env: &[(&str, &str)]) -> (std::process::Child, u16) {
-    let mut child = Command::new("kubectl")
+    let mut child = server
+        .command("kubectl")
         .args(["port-forward", target, ":8080"])
-        .env("KUBECONFIG", server.kubeconfig())
-        .env("HOME", server.dir.path())
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -202,19 +183,7 @@ fn http_get(port: u16, path: &str) -> String {
 #[test]
 fn port_forward_reaches_a_server_on_the_pods_localhost() {
     let server = agent_server();
-    apply(
-        &server,
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: local-web}
-spec:
-  nodeName: NODE
-  containers:
-  - {name: web, image: "rk-test/web:1", command: ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]}
-"#,
-    );
-    wait_running(&server, "local-web");
+    run_pod(&server, "local-web", "{}", "rk-test/web:1", r#"["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]"#);
     // kubectl 1.30+ tunnels SPDY through a WebSocket; without that it upgrades to SPDY itself.
     for env in [vec![], vec![("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")]] {
         let (mut child, port) = port_forward(&server, "pod/local-web", &env);
@@ -231,19 +200,7 @@ spec:
 #[test]
 fn the_python_client_execs_and_port_forwards() {
     let server = agent_server();
-    apply(
-        &server,
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: py}
-spec:
-  nodeName: NODE
-  containers:
-  - {name: web, image: "rk-test/web:1", command: ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]}
-"#,
-    );
-    wait_running(&server, "py");
+    run_pod(&server, "py", "{}", "rk-test/web:1", r#"["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]"#);
     let script = r#"
 import sys
 from kubernetes import config, client
@@ -276,19 +233,7 @@ print("forwarded:" + data.decode().splitlines()[-1])
 #[test]
 fn kubectl_top_shows_pod_and_node_usage() {
     let server = agent_server();
-    apply(
-        &server,
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: busy, labels: {app: busy}}
-spec:
-  nodeName: NODE
-  containers:
-  - {name: spin, image: "rk-test/busybox:1", command: ["sh", "-c", "while true; do :; done"]}
-"#,
-    );
-    wait_running(&server, "busy");
+    run_pod(&server, "busy", "{app: busy}", "rk-test/busybox:1", r#"["sh", "-c", "while true; do :; done"]"#);
     let node = server.node.clone().unwrap();
     let top = eventually(TIMEOUT, || server.kubectl(&["top", "pod", "busy", "--containers"]).status.success());
     assert!(top, "no pod metrics; log:\n{}", server.log());
@@ -299,7 +244,7 @@ spec:
     assert!(nodes.lines().any(|l| l.starts_with(&node) && !l.contains("<unknown>")), "{nodes}");
     let raw = server.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/busy"]);
     let metrics: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    assert_eq!((metrics["kind"].as_str(), metrics["containers"][0]["name"].as_str()), (Some("PodMetrics"), Some("spin")));
+    assert_eq!((metrics["kind"].as_str(), metrics["containers"][0]["name"].as_str()), (Some("PodMetrics"), Some("app")));
     assert!(server.fails(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/absent"]).contains("NotFound"));
 }
 

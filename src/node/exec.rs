@@ -221,11 +221,7 @@ async fn session(socket: Socket, docker: &Docker, target: Target, mut output: Ou
                 _ => continue,
             };
             match (data.first().copied(), data.get(1).copied()) {
-                (Some(STDIN), _) if stdio.stdin => {
-                    if input.write_all(&data[1..]).await.is_err() || input.flush().await.is_err() {
-                        break;
-                    }
-                }
+                (Some(STDIN), _) if stdio.stdin && (input.write_all(&data[1..]).await.is_err() || input.flush().await.is_err()) => break,
                 (Some(RESIZE), _) => {
                     if let Ok(size) = serde_json::from_slice::<Value>(&data[1..]) {
                         let dimension = |k: &str| size.get(k).and_then(Value::as_i64).unwrap_or(0) as i32;

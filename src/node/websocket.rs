@@ -95,11 +95,7 @@ pub fn byte_stream(socket: Socket) -> DuplexStream {
         let inbound = async {
             while let Some(Ok(message)) = messages.next().await {
                 match message {
-                    Message::Binary(data) => {
-                        if writer.write_all(&data).await.is_err() {
-                            break;
-                        }
-                    }
+                    Message::Binary(data) if writer.write_all(&data).await.is_err() => break,
                     Message::Close(_) => break,
                     _ => {}
                 }

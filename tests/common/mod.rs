@@ -155,6 +155,14 @@ impl Server {
         child.wait_with_output().expect("kubectl output")
     }
 
+    /// `program` (kubectl, or something running it) with this server's kubeconfig,
+    /// for tests that drive the process themselves.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("KUBECONFIG", self.kubeconfig()).env("KUBECACHEDIR", self.dir.path().join("kubecache")).env("HOME", self.dir.path());
+        cmd
+    }
+
     /// Runs kubectl and returns stdout, failing the test if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
