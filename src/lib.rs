@@ -17,11 +17,14 @@
 //! - [`runtime`]: informers, work queues, the controller runner and the event
 //!   recorder that the scheduler, controllers and node agent share.
 //! - [`client`]: how rk's own components reach the API in-process.
+//! - [`join`], [`agent`]: join tokens, and `rk agent` joining another machine's node.
 //! - [`bench`]: `rk bench`, figures for the notes measured through the real API.
+pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod client;
 pub mod controllers;
+pub mod join;
 pub mod net;
 pub mod node;
 pub mod pki;

@@ -21,23 +21,37 @@ enum Command {
     Server(Box<ServerArgs>),
     /// Measure a fresh server through its API: start-up, creates/s, latencies, watch delivery, memory (`rk bench dns`: DNS query latency)
     Bench(BenchArgs),
-    /// Run this machine as a node of an existing cluster: the node agent and the service proxy
+    /// Run this machine as a node of a cluster: the node agent and the service proxy
     Agent(AgentArgs),
+    /// Print the server's join token (for `rk agent --token`)
+    Token(TokenArgs),
 }
 
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// Join with an existing kubeconfig: the cluster's address and the credentials the node uses
-    #[arg(long, value_name = "PATH")]
-    kubeconfig: PathBuf,
+    /// The API server to join, e.g. https://10.0.0.1:6443
+    #[arg(long, value_name = "URL", requires = "token", required_unless_present = "kubeconfig")]
+    server: Option<String>,
+
+    /// The join token (`rk token` on the server prints it)
+    #[arg(long, env = "RK_TOKEN", value_name = "TOKEN", requires = "server")]
+    token: Option<String>,
+
+    /// Instead of a token: the credentials of an existing kubeconfig (no logs/exec endpoint then)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["server", "token"])]
+    kubeconfig: Option<PathBuf>,
 
     /// Name of this machine's node [default: the host name]
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
 
-    /// Where pod volumes and pod-network state live [default: /var/lib/rk/agent for root, ~/.rk/agent otherwise]
+    /// Where the agent keeps its credentials, pods' files and pod-network state [default: /var/lib/rk for root, ~/.rk otherwise]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Port of the node agent's HTTPS endpoint; 0 picks a free one
+    #[arg(long, default_value_t = rk::node::DEFAULT_ENDPOINT_PORT, value_name = "PORT")]
+    kubelet_port: u16,
 
     /// The cluster's range of pod IPs (its server's --cluster-cidr)
     #[arg(long, default_value = "10.42.0.0/16", value_name = "CIDR")]
@@ -54,6 +68,13 @@ struct AgentArgs {
     /// Do not program Services into this host's nf_tables
     #[arg(long)]
     disable_proxy: bool,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The server's data directory [default: /var/lib/rk for root, ~/.rk otherwise]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -211,6 +232,10 @@ struct ServerArgs {
     /// Put this machine's pods on Docker's bridge network instead of rk's pod network (no pod traffic between nodes)
     #[arg(long)]
     disable_pod_network: bool,
+
+    /// Port of the node agent's HTTPS endpoint (logs, exec, attach, port-forward, metrics); 0 picks a free one
+    #[arg(long, default_value_t = rk::node::DEFAULT_ENDPOINT_PORT, value_name = "PORT")]
+    kubelet_port: u16,
 }
 
 fn main() {
@@ -223,13 +248,8 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(server_config(*args)).await,
-            Command::Agent(args) => {
-                let data_dir = args.data_dir.unwrap_or_else(|| server::default_data_dir().join("agent"));
-                let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
-                let agent = agent_config(&node_name, data_dir, args.cluster_cidr, args.service_cidr, args.disable_pod_network);
-                let proxy = (!args.disable_proxy).then_some(rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr });
-                rk::node::remote::run(&args.kubeconfig, agent, proxy).await
-            }
+            Command::Agent(args) => run_agent(args).await,
+            Command::Token(args) => print_token(args),
             Command::Bench(BenchArgs { what: Some(BenchWhat::Pods { pods, image }), .. }) => {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
@@ -249,6 +269,40 @@ fn main() {
         eprintln!("rk: {e}");
         std::process::exit(1);
     }
+}
+
+async fn run_agent(args: AgentArgs) -> Result<(), server::Error> {
+    let credentials = match (args.server, args.token, args.kubeconfig) {
+        (Some(server), Some(token), _) => rk::agent::Credentials::Token { server, token },
+        (_, _, Some(kubeconfig)) => rk::agent::Credentials::Kubeconfig(kubeconfig),
+        _ => return Err("rk agent needs --server and --token, or --kubeconfig".into()),
+    };
+    let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
+    let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
+    let options = rk::agent::AgentOptions {
+        credentials,
+        agent: agent_config(&node_name, data_dir, args.cluster_cidr, args.service_cidr, args.disable_pod_network),
+        endpoint_port: args.kubelet_port,
+        proxy: (!args.disable_proxy).then_some(rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr }),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop.cancel();
+    });
+    rk::agent::run(options, shutdown).await
+}
+
+fn print_token(args: TokenArgs) -> Result<(), server::Error> {
+    let path = args.data_dir.unwrap_or_else(server::default_data_dir).join(rk::join::TOKEN_FILE);
+    let token = std::fs::read_to_string(&path).map_err(|e| format!("reading {} (has `rk server` started with this data directory?): {e}", path.display()))?;
+    println!("{}", token.trim());
+    Ok(())
 }
 
 fn server_config(args: ServerArgs) -> ServerConfig {
@@ -288,6 +342,7 @@ fn server_config(args: ServerArgs) -> ServerConfig {
         proxy: !args.disable_proxy,
         dns,
         ingress: rk::net::ingress::IngressOptions { enabled: !args.disable_ingress, http: args.ingress_http, https: args.ingress_https },
+        kubelet_port: args.kubelet_port,
     }
 }
 

@@ -183,8 +183,7 @@ impl Pki {
 
     /// SHA-256 of the CA certificate's DER, lowercase hex (the `K10<hash>` part of join tokens).
     pub fn ca_sha256_hex(&self) -> String {
-        let digest = ring::digest::digest(&ring::digest::SHA256, self.ca_cert_der.as_ref());
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        sha256_hex(self.ca_cert_der.as_ref())
     }
 
     /// The admin (`system:admin` / `system:masters`) client certificate, PEM.
@@ -205,6 +204,16 @@ impl Pki {
         organization: Option<&str>,
     ) -> Result<(String, String), PkiError> {
         let pair = issue_client_leaf(common_name, organization, &self.ca_issuer)?;
+        Ok((pair.cert_pem, pair.key_pem))
+    }
+
+    /// Issues a fresh one-year serving certificate for `names` only (none of
+    /// the API server's names), e.g. a node agent's. Returns `(cert_pem, key_pem)`.
+    pub fn issue_serving_cert(&self, common_name: &str, names: &[String]) -> Result<(String, String), PkiError> {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut params = server_params(&parse_names(&names)?)?;
+        params.distinguished_name = dn(common_name, None);
+        let pair = issue_leaf(&params, &self.ca_issuer)?;
         Ok((pair.cert_pem, pair.key_pem))
     }
 
@@ -236,6 +245,48 @@ impl Pki {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
+}
+
+/// A TLS server config (HTTP/1.1) serving `cert_pem` that accepts only
+/// clients presenting a certificate issued by `ca_pem`, as a node agent's
+/// endpoint does (its callers are identified by their certificate).
+pub fn mutual_tls_server_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<ServerConfig, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mem = Path::new("<certificate in memory>");
+    let mut roots = RootCertStore::empty();
+    roots.add(first_cert_der(ca_pem, mem)?)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let chain = vec![first_cert_der(cert_pem, mem)?];
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, private_key_der(key_pem, mem)?)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A TLS client config trusting only `ca_pem`, presenting `cert_pem` when given.
+pub fn tls_client_config(ca_pem: &str, client: Option<(&str, &str)>) -> Result<rustls::ClientConfig, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mem = Path::new("<certificate in memory>");
+    let mut roots = RootCertStore::empty();
+    roots.add(first_cert_der(ca_pem, mem)?)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => builder.with_client_auth_cert(vec![first_cert_der(cert, mem)?], private_key_der(key, mem)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// SHA-256 of the first certificate in `pem`, lowercase hex (what join tokens pin).
+pub fn cert_sha256_hex(pem: &str) -> Result<String, PkiError> {
+    Ok(sha256_hex(first_cert_der(pem, Path::new("<certificate in memory>"))?.as_ref()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The Kubernetes identity in a client certificate: `(user, groups)` from the
@@ -522,12 +573,14 @@ fn set_validity(params: &mut CertificateParams, now: i64, days: i64) -> Result<(
 
 /// The serving certificate's SANs: the requested names plus the built-in ones, deduplicated.
 fn parse_sans(requested: &[String]) -> Result<Vec<SanType>, PkiError> {
+    let names: Vec<&str> = requested.iter().map(|s| s.as_str()).chain(DEFAULT_SANS.iter().copied()).collect();
+    parse_names(&names)
+}
+
+/// Host names and IP addresses as SANs, deduplicated.
+fn parse_names(names: &[&str]) -> Result<Vec<SanType>, PkiError> {
     let mut out: Vec<SanType> = Vec::new();
-    let names = requested
-        .iter()
-        .map(|s| s.trim())
-        .chain(DEFAULT_SANS.iter().copied());
-    for name in names.filter(|n| !n.is_empty()) {
+    for name in names.iter().map(|s| s.trim()).filter(|n| !n.is_empty()) {
         let bare = name.trim_start_matches('[').trim_end_matches(']');
         let san = match bare.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub dns: crate::net::dns::DnsOptions,
     /// The ingress proxy.
     pub ingress: crate::net::ingress::IngressOptions,
+    /// The port of the embedded agent's HTTPS endpoint (0 picks one).
+    pub kubelet_port: u16,
 }
 
 /// Default locations: system paths for root, the home directory otherwise.
@@ -90,7 +92,8 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     if !config.bind_address.is_unspecified() {
         sans.push(config.bind_address.to_string());
     }
-    let pki = Pki::load_or_create(&config.data_dir.join("tls"), &sans)?;
+    let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"), &sans)?);
+    let join_token = crate::join::load_or_create(&config.data_dir, &pki.ca_sha256_hex())?;
     let tokens = Tokens::default();
     let admin_token = load_or_create_token(&config.data_dir.join("token"))?;
     tokens.insert(admin_token, Identity::new("system:admin", &["system:masters", "system:authenticated"]));
@@ -102,9 +105,10 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     let advertise = advertise_address(config.bind_address, address.port());
     let shutdown = CancellationToken::new();
     let signer = crate::api::tokens::TokenSigner::load_or_create(&config.data_dir.join("tls").join("service-account.key"))?;
-    let api = Api::new(store.clone() as SharedStorage, tokens, signer, shutdown.clone(), advertise.clone(), config.service_ranges.clone());
+    let nodes = node_client(&pki)?;
+    let api = Api::new(store.clone() as SharedStorage, tokens, signer, shutdown.clone(), advertise.clone(), config.service_ranges.clone(), Some(nodes));
     crate::api::allocator::repair(&api.store, &api.ranges).await.map_err(|e| format!("repairing service address allocations: {e}"))?;
-    let app = api::router(api.clone());
+    let app = api::router(api.clone()).merge(crate::join::router(pki.clone(), join_token));
     bootstrap(&app).await?;
     publish_api_service(&app, &config.service_ranges, api_endpoint(config.bind_address), address.port()).await?;
 
@@ -138,7 +142,10 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     if let Some(agent) = &config.agent {
         let identity = Identity::new(&format!("system:node:{}", agent.node_name), &["system:nodes", "system:authenticated"]);
         let client = crate::client::in_process(app.clone(), identity);
-        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        let mut agent = agent.clone();
+        let tls = agent_serving_tls(&pki, &agent.node_name)?;
+        agent.endpoint = Some(crate::node::EndpointConfig { port: config.kubelet_port, tls });
+        let shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = crate::node::run(client, agent, shutdown).await {
                 tracing::error!(error = %e, "the node agent stopped");
@@ -165,6 +172,20 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
         "rk server is ready"
     );
     Ok(Running { address, api, app, shutdown, tasks })
+}
+
+/// The API server's client for node agents: its own certificate in
+/// `system:masters`, trusting agents whose certificates the cluster CA issued.
+fn node_client(pki: &Pki) -> Result<crate::api::nodeproxy::NodeClient, Error> {
+    let (cert, key) = pki.issue_client_cert("kube-apiserver-kubelet-client", Some("system:masters"))?;
+    Ok(crate::api::nodeproxy::NodeClient::new(pki::tls_client_config(pki.ca_pem(), Some((&cert, &key)))?))
+}
+
+/// A serving certificate for the agent of `node` on this machine, naming the
+/// addresses the API server may reach it at.
+pub fn agent_serving_tls(pki: &Pki, node: &str) -> Result<crate::node::endpoint::ServingTls, Error> {
+    let (cert_pem, key_pem) = pki.issue_serving_cert(node, &crate::node::host::endpoint_names(node))?;
+    Ok(crate::node::endpoint::ServingTls { cert_pem, key_pem, ca_pem: pki.ca_pem().to_owned() })
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down cleanly.

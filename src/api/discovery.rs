@@ -94,6 +94,15 @@ fn subresource_entry(r: &Resource, sub: Subresource) -> Value {
             "name": name, "singularName": "", "namespaced": r.namespaced, "group": "authentication.k8s.io", "version": "v1",
             "kind": "TokenRequest", "verbs": ["create"],
         }),
+        Subresource::Log => json!({ "name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get"] }),
+        Subresource::Exec | Subresource::Attach | Subresource::PortForward => {
+            let kind = match sub {
+                Subresource::Exec => "PodExecOptions",
+                Subresource::Attach => "PodAttachOptions",
+                _ => "PodPortForwardOptions",
+            };
+            json!({ "name": name, "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": ["create", "get"] })
+        }
     }
 }
 

@@ -14,6 +14,8 @@ pub mod discovery;
 pub mod error;
 pub mod fields;
 pub mod kinds;
+pub mod metrics;
+pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -60,6 +62,9 @@ pub struct Api {
     pub advertise_address: String,
     /// Where Service addresses come from.
     pub ranges: allocator::Ranges,
+    /// How pods' streams and node metrics are fetched from node agents;
+    /// `None` when this server has no client certificate for them.
+    pub nodes: Option<nodeproxy::NodeClient>,
 }
 
 impl Api {
@@ -70,11 +75,12 @@ impl Api {
         shutdown: CancellationToken,
         advertise_address: String,
         ranges: allocator::Ranges,
+        nodes: Option<nodeproxy::NodeClient>,
     ) -> Arc<Self> {
         let registry = kinds::registry();
         let types = schema::Types::new(&registry);
         let openapi = openapi::OpenApi::new(&registry, &types);
-        Arc::new(Self { store, registry, types, openapi, tokens, signer, shutdown, advertise_address, ranges })
+        Arc::new(Self { store, registry, types, openapi, tokens, signer, shutdown, advertise_address, ranges, nodes })
     }
 }
 
@@ -83,15 +89,25 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/version", get(|| async { json_ok(&discovery::version()) }))
         .route("/api", get(|State(api): State<Arc<Api>>| async move { json_ok(&discovery::core_versions(&api.advertise_address)) }))
-        .route("/apis", get(|State(api): State<Arc<Api>>| async move { json_ok(&discovery::groups(&api.registry)) }))
+        .route("/apis", get(|State(api): State<Arc<Api>>| async move { json_ok(&groups(&api)) }))
         .route("/api/{version}", get(core_resources))
         .route("/apis/{group}", get(group))
         .route("/apis/{group}/{version}", get(group_resources))
         .route("/openapi/v3", get(|State(api): State<Arc<Api>>| async move { json_ok(&api.openapi.index()) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
+        .merge(metrics::routes())
         .fallback(resources)
         .layer(axum::middleware::from_fn_with_state(api.clone(), auth::authenticate))
         .with_state(api)
+}
+
+/// `/apis`: the registry's groups and `metrics.k8s.io`, served from the agents.
+fn groups(api: &Api) -> serde_json::Value {
+    let mut groups = discovery::groups(&api.registry);
+    if let Some(list) = groups["groups"].as_array_mut() {
+        list.push(metrics::group_entry());
+    }
+    groups
 }
 
 fn json_ok(value: &serde_json::Value) -> Response {

@@ -26,6 +26,12 @@ pub enum Subresource {
     Finalize,
     /// `serviceaccounts/token`: issues a TokenRequest.
     Token,
+    /// `pods/log`, `pods/exec`, `pods/attach`, `pods/portforward`: streams
+    /// served by the node agent running the pod (`nodeproxy.rs`).
+    Log,
+    Exec,
+    Attach,
+    PortForward,
 }
 
 impl Subresource {
@@ -36,7 +42,16 @@ impl Subresource {
             Self::Binding => "binding",
             Self::Finalize => "finalize",
             Self::Token => "token",
+            Self::Log => "log",
+            Self::Exec => "exec",
+            Self::Attach => "attach",
+            Self::PortForward => "portforward",
         }
+    }
+
+    /// Whether the node agent running the object (a pod) serves it.
+    pub fn streams(self) -> bool {
+        matches!(self, Self::Log | Self::Exec | Self::Attach | Self::PortForward)
     }
 }
 

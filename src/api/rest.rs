@@ -50,6 +50,10 @@ pub async fn serve(api: Arc<Api>, user: Identity, request: http::Request<Body>) 
     let Some(resource) = api.registry.lookup(&path.group, &path.version, &path.plural).cloned() else {
         return not_found_path().into_response();
     };
+    let streaming = path.subresource.as_deref().and_then(|s| resource.subresources.iter().copied().find(|r| r.path() == s)).filter(|s| s.streams());
+    if let (Some(sub), Some(name), Some(namespace)) = (streaming, path.name.as_deref(), path.namespace.as_deref()) {
+        return super::nodeproxy::serve(api, sub, namespace, name, http::Request::from_parts(parts, body)).await;
+    }
     let query = Query::parse(parts.uri.query());
     let output = match Output::negotiate(&parts.headers) {
         Ok(o) => o,

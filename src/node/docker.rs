@@ -262,6 +262,16 @@ impl Runtime {
         Ok(out)
     }
 
+    /// The running containers of this node in `role`: their ids and labels.
+    pub async fn running(&self, role: Role) -> Result<Vec<(String, HashMap<String, String>)>, Error> {
+        let summaries = self.list(&[(LABEL_ROLE, role.label())]).await?;
+        Ok(summaries
+            .into_iter()
+            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+            .collect())
+    }
+
     /// Removes every container of this node (after its agent is gone).
     pub async fn remove_all(&self) -> Result<(), Error> {
         for c in self.list(&[]).await? {

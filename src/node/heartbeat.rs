@@ -6,7 +6,7 @@
 use super::docker::Runtime;
 use super::host::{self, Capacity, Pressure, SystemInfo};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeDaemonEndpoints, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -43,6 +43,8 @@ pub struct Heartbeat {
     data_dir: PathBuf,
     node_ip: Option<String>,
     system: SystemInfo,
+    /// The port of the agent's endpoint, published as the kubelet's.
+    endpoint_port: Option<u16>,
 }
 
 fn resources(c: &Capacity) -> BTreeMap<String, Quantity> {
@@ -95,8 +97,9 @@ fn conditions(o: &Observation, previous: &[NodeCondition], now: &Time) -> Vec<No
 }
 
 impl Heartbeat {
-    pub fn new(client: kube::Client, runtime: Runtime, node_name: &str, data_dir: PathBuf) -> Self {
+    pub fn new(client: kube::Client, runtime: Runtime, node_name: &str, data_dir: PathBuf, endpoint_port: Option<u16>) -> Self {
         Self {
+            endpoint_port,
             client,
             runtime,
             node_name: node_name.to_owned(),
@@ -141,6 +144,7 @@ impl Heartbeat {
                 system_uuid: self.system.system_uuid.clone(),
                 swap: None,
             }),
+            daemon_endpoints: self.endpoint_port.map(|port| NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(port) }) }),
             ..Default::default()
         }
     }

@@ -98,6 +98,16 @@ pub fn default_route_address() -> Option<IpAddr> {
     socket.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
 }
 
+/// The names the agent's endpoint certificate carries: the addresses the
+/// Node publishes (InternalIP, Hostname), its name, and loopback.
+pub fn endpoint_names(node: &str) -> Vec<String> {
+    let mut names = vec![node.to_owned(), hostname(), "localhost".to_owned(), "127.0.0.1".to_owned()];
+    names.extend(default_route_address().map(|ip| ip.to_string()));
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// `nodeInfo` facts that do not depend on the container runtime.
 #[derive(Clone, Debug, Default)]
 pub struct SystemInfo {

@@ -11,20 +11,27 @@
 pub mod backoff;
 pub mod containers;
 pub mod docker;
+pub mod endpoint;
 pub mod env;
+mod exec;
 pub mod fake;
 pub mod heartbeat;
 pub mod host;
 pub mod images;
+mod logs;
+pub mod metrics;
 pub mod names;
 pub mod network;
 pub mod pods;
+mod portforward;
 pub mod probes;
-pub mod remote;
 pub mod sources;
+pub mod spdy;
 pub mod status;
+pub mod tokens;
 mod sync;
 pub mod volumes;
+mod websocket;
 
 use crate::runtime::{Change, Controller, Informer, Informers, Recorder, WorkQueue, key_of};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret};
@@ -58,7 +65,21 @@ pub struct AgentConfig {
     pub docker_socket: Option<String>,
     /// Pods synced at once.
     pub workers: usize,
+    /// The HTTPS endpoint the API server reaches pods' streams and the
+    /// node's metrics through; `None` serves none.
+    pub endpoint: Option<EndpointConfig>,
 }
+
+/// Where and with which certificate the agent's endpoint listens.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// 0 picks a free port (reported in the Node's daemonEndpoints).
+    pub port: u16,
+    pub tls: endpoint::ServingTls,
+}
+
+/// The kubelet's port.
+pub const DEFAULT_ENDPOINT_PORT: u16 = 10250;
 
 impl AgentConfig {
     /// An agent of a cluster whose pods and Services get addresses from these ranges.
@@ -71,6 +92,7 @@ impl AgentConfig {
             dns: crate::net::dns::DnsOptions::for_service_range(service_cidr).pod_dns(),
             docker_socket: None,
             workers: 8,
+            endpoint: None,
         }
     }
 }
@@ -136,7 +158,12 @@ fn users<K: kube::Resource>(pods: Informer<Pod>, config_map: bool) -> impl Fn(&C
 pub async fn run(client: kube::Client, config: AgentConfig, shutdown: CancellationToken) -> Result<(), crate::runtime::Error> {
     let node = config.node_name.clone();
     let runtime = docker::Runtime::connect(config.docker_socket.as_deref(), &node, &config.network)?;
-    let heartbeat = heartbeat::Heartbeat::new(client.clone(), runtime.clone(), &node, config.data_dir.clone());
+    let listener = match &config.endpoint {
+        Some(e) => Some(endpoint::bind(e.port).await.map_err(|err| format!("the node's endpoint cannot listen on port {}: {err}", e.port))?),
+        None => None,
+    };
+    let endpoint_port = listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+    let heartbeat = heartbeat::Heartbeat::new(client.clone(), runtime.clone(), &node, config.data_dir.clone(), endpoint_port);
     let host_ip = heartbeat.node_ip();
     tokio::spawn(heartbeat.run(shutdown.clone()));
 
@@ -152,6 +179,15 @@ pub async fn run(client: kube::Client, config: AgentConfig, shutdown: Cancellati
 
     let selector = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let pods = Informer::start(Api::<Pod>::all(client.clone()), selector, shutdown.clone());
+    if let (Some(listener), Some(e)) = (listener, &config.endpoint) {
+        let tls = crate::pki::mutual_tls_server_config(&e.tls.cert_pem, &e.tls.key_pem, &e.tls.ca_pem).map_err(|err| format!("the node's endpoint certificate: {err}"))?;
+        let samples = metrics::Samples::default();
+        tokio::spawn(metrics::run(runtime.clone(), samples.clone(), shutdown.clone()));
+        let app = endpoint::router(endpoint::Endpoint { runtime: runtime.clone(), pods: pods.clone(), samples });
+        tokio::spawn(crate::api::serve::serve_tls(listener, Arc::new(tls), app, shutdown.clone()));
+        tracing::info!(node, port = endpoint_port, "node endpoint listening");
+    }
+    let informers = Informers::new(client.clone(), shutdown.clone());
     let config_maps = informers.get::<ConfigMap>();
     let secrets = informers.get::<Secret>();
     let recorder = Recorder::new(client.clone(), "kubelet", Some(node.clone()));

@@ -44,6 +44,8 @@ pub struct PodReconciler {
     pub(super) host_ip: Option<String>,
     pub(super) allocatable: Capacity,
     pub(super) networking: Networking,
+    /// Projected service account tokens.
+    pub(super) tokens: super::tokens::Tokens,
     /// The last status written per pod uid: the base for the next one, since
     /// the cache may not have caught up with it yet.
     written: Mutex<HashMap<String, PodStatus>>,
@@ -99,6 +101,7 @@ impl PodReconciler {
             prober,
             pods,
             sources,
+            tokens: super::tokens::Tokens::new(client.clone()),
             client,
             recorder,
             restarts: Backoff::default(),
@@ -149,6 +152,7 @@ impl PodReconciler {
     fn forget(&self, uid: &str) -> Result<(), Error> {
         self.prober.forget_pod(uid);
         self.images.forget_pod(uid);
+        self.tokens.forget_pod(uid);
         self.restarts.forget_prefix(&format!("{uid}/"));
         self.written.lock().expect("written lock").remove(uid);
         volumes::cleanup(&self.data_dir, uid).map_err(|e| format!("removing the volumes of pod {uid}: {e}"))?;

@@ -68,8 +68,17 @@ impl PodReconciler {
             pod_ip: if host_network { self.host_ip.clone() } else { sandbox.as_ref().and_then(|s| s.ip.clone()) },
             host_ip: self.host_ip.clone(),
         };
-        let context = volumes::Context { pod, lookup: &self.sources, addresses: &addresses, allocatable: &self.allocatable };
-        let prepared = match context.prepare(&self.data_dir) {
+        let prepared = match self.tokens.for_pod(pod).await {
+            Ok((tokens, due)) => {
+                if let Some(due) = due {
+                    outcome.requeue_after(due);
+                }
+                let context = volumes::Context { pod, lookup: &self.sources, addresses: &addresses, allocatable: &self.allocatable, tokens: &tokens };
+                context.prepare(&self.data_dir)
+            }
+            Err(message) => Err(message),
+        };
+        let prepared = match prepared {
             Ok(v) => Some(v),
             Err(message) => {
                 self.recorder.record(pod_ref.clone(), EventType::Warning, "FailedMount", message);

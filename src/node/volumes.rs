@@ -192,6 +192,8 @@ pub struct Context<'a> {
     pub lookup: &'a dyn Lookup,
     pub addresses: &'a PodAddresses,
     pub allocatable: &'a Capacity,
+    /// Service account tokens fetched for the pod, by (volume, path).
+    pub tokens: &'a super::tokens::PodTokens,
 }
 
 impl Context<'_> {
@@ -254,8 +256,15 @@ impl Context<'_> {
                 if let Some(d) = &source.downward_api {
                     self.downward(&mut payload, d.items.as_deref().unwrap_or_default(), default)?;
                 }
-                // serviceAccountToken and clusterTrustBundle sources need the token
-                // and trust-bundle APIs; they are not projected yet.
+                if let Some(t) = &source.service_account_token {
+                    if !safe_relative(&t.path) {
+                        return Err(format!("invalid path {:?}", t.path));
+                    }
+                    let token = self.tokens.get(&(volume.name.clone(), t.path.clone()));
+                    let token = token.ok_or_else(|| format!("no service account token was fetched for {:?}", t.path))?;
+                    payload.insert(t.path.clone(), (token.clone().into_bytes(), default));
+                }
+                // clusterTrustBundle sources need the trust-bundle API; they are not projected.
                 Ok::<(), String>(())
             })
             .map(|_| "projected")

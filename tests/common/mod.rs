@@ -48,7 +48,7 @@ impl Server {
     /// (tests/podnet.rs runs it in network namespaces of its own).
     pub fn start_with_agent(args: &[&str]) -> Server {
         let node = unique_node_name();
-        let mut all = vec!["--node-name", node.as_str(), "--disable-pod-network"];
+        let mut all = vec!["--node-name", node.as_str(), "--disable-pod-network", "--kubelet-port", "0"];
         all.extend_from_slice(args);
         Self::launch(&all, Some(node.clone()), false)
     }
@@ -200,6 +200,14 @@ impl Server {
         child.wait_with_output().expect("kubectl output")
     }
 
+    /// `program` (kubectl, or something running it) with this server's kubeconfig,
+    /// for tests that drive the process themselves.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("KUBECONFIG", self.kubeconfig()).env("KUBECACHEDIR", self.dir.path().join("kubecache")).env("HOME", self.dir.path());
+        cmd
+    }
+
     /// Runs kubectl and returns stdout, failing the test if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
@@ -315,3 +323,4 @@ pub fn free_port() -> u16 {
         }
     }
 }
+

@@ -16,7 +16,14 @@ pub fn pods() -> Resource {
     ResourceBuilder::<Pod>::new()
         .short_names(&["po"])
         .categories(&["all"])
-        .subresources(&[Subresource::Status, Subresource::Binding])
+        .subresources(&[
+            Subresource::Status,
+            Subresource::Binding,
+            Subresource::Log,
+            Subresource::Exec,
+            Subresource::Attach,
+            Subresource::PortForward,
+        ])
         .selectable_fields(&[
             "spec.nodeName",
             "spec.restartPolicy",
