@@ -23,9 +23,21 @@ fn assert_status(got: &(u16, Value), code: u16, reason: &str) {
     assert_eq!(got.1["code"], code);
 }
 
-async fn revision(client: &kube::Client) -> String {
-    let (_, list) = send(client, "GET", "/api/v1/namespaces/default/configmaps", "application/json", vec![]).await;
-    list["metadata"]["resourceVersion"].as_str().unwrap().to_owned()
+/// What the bad requests could have touched: the objects (name and revision) of
+/// the collections they aimed at. The global revision is no witness, because the
+/// controllers of a fresh server write concurrently (default ServiceAccounts,
+/// root CA ConfigMaps, Endpoints).
+async fn snapshot(client: &kube::Client) -> Vec<(String, String)> {
+    let mut objects = Vec::new();
+    for path in ["/api/v1/configmaps", "/apis/apps/v1/deployments", "/api/v1/secrets", "/api/v1/namespaces"] {
+        let (_, list) = send(client, "GET", path, "application/json", vec![]).await;
+        for item in list["items"].as_array().expect("items") {
+            let meta = &item["metadata"];
+            objects.push((format!("{path} {}/{}", meta["namespace"].as_str().unwrap_or(""), meta["name"].as_str().unwrap()), meta["resourceVersion"].as_str().unwrap().to_owned()));
+        }
+    }
+    objects.sort();
+    objects
 }
 
 #[tokio::test]
@@ -33,8 +45,17 @@ async fn bad_requests_get_the_right_status_and_change_nothing() {
     let server = Server::start();
     let client = server.client().await;
     let cms = "/api/v1/namespaces/default/configmaps";
-    let before = revision(&client).await;
     let json = "application/json";
+    // Wait for the start-up writes: a root CA ConfigMap in every namespace.
+    for _ in 0..100 {
+        let (_, namespaces) = send(&client, "GET", "/api/v1/namespaces", json, vec![]).await;
+        let (_, roots) = send(&client, "GET", "/api/v1/configmaps?fieldSelector=metadata.name=kube-root-ca.crt", json, vec![]).await;
+        if roots["items"].as_array().unwrap().len() == namespaces["items"].as_array().unwrap().len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let before = snapshot(&client).await;
 
     let invalid_name = send(&client, "POST", cms, json, br#"{"metadata":{"name":"Bad_Name"}}"#.to_vec()).await;
     assert_status(&invalid_name, 422, "Invalid");
@@ -76,7 +97,7 @@ async fn bad_requests_get_the_right_status_and_change_nothing() {
     let method = send(&client, "POST", "/api/v1/namespaces/default/configmaps/x/status", json, b"{}".to_vec()).await;
     assert_eq!(method.0, 404, "configmaps have no status subresource");
 
-    assert_eq!(revision(&client).await, before, "nothing was written");
+    assert_eq!(snapshot(&client).await, before, "nothing was written");
     let (code, _) = send(&client, "GET", "/api/v1/namespaces", json, vec![]).await;
     assert_eq!(code, 200, "the server still serves");
 }
