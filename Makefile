@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench bench-pods bench-scheduler clean
+.PHONY: build run test lint bench bench-pods bench-scheduler bench-deployment clean
 
 build:
 	$(CARGO) build --release
@@ -30,6 +30,10 @@ bench-pods:
 # Pods scheduled per second on 1000 fake nodes.
 bench-scheduler:
 	$(CARGO) run --release -- bench scheduler --nodes 1000 --pods 10000
+
+# A 1000-replica Deployment on 1000 fake nodes: time to all Running, rolling update.
+bench-deployment:
+	$(CARGO) run --release -- bench deployment --nodes 1000 --replicas 1000
 
 clean:
 	$(CARGO) clean

@@ -3,8 +3,10 @@
 //! and 64, get and list latency, watch delivery latency to 100 watchers, and the
 //! server's memory. The figures go into the project's notes; targets live in
 //! `shared/targets.md`, not in tests. `rk bench scheduler` ([`scheduler`])
-//! measures scheduling throughput on fake nodes.
+//! measures scheduling throughput on fake nodes, `rk bench deployment`
+//! ([`deployment`]) a 1,000-replica Deployment's rollout and rolling update.
 
+pub mod deployment;
 pub mod pods;
 pub mod scheduler;
 

@@ -124,6 +124,15 @@ enum BenchWhat {
         #[arg(long, default_value_t = 64)]
         creators: usize,
     },
+    /// A Deployment on fake nodes: create -> all replicas Running, then a rolling update of its image, and the server's memory
+    Deployment {
+        /// Fake nodes to start the server with
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Replicas of the Deployment
+        #[arg(long, default_value_t = 1000)]
+        replicas: i32,
+    },
     /// Cluster DNS query latency (p50/p99) and queries/s over UDP
     Dns {
         /// Queries timed per kind of name
@@ -256,6 +265,9 @@ fn main() {
             Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
             Command::Bench(BenchArgs { what: Some(BenchWhat::Scheduler { nodes, pods, creators }), .. }) => {
                 rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes, pods, creators }).await
+            }
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Deployment { nodes, replicas }), .. }) => {
+                rk::bench::deployment::run(rk::bench::deployment::DeploymentBenchOptions { nodes, replicas }).await
             }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Dns { queries, concurrency }), .. }) => {
                 rk::bench::dns::run(rk::bench::dns::DnsBenchOptions { queries, concurrency }).await

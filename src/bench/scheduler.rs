@@ -65,7 +65,7 @@ fn decisions_per_second(nodes: usize, pods: usize) -> Result<f64, Error> {
     Ok(pods.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn wait_for_nodes(client: &kube::Client, count: usize) -> Result<(), Error> {
+pub(super) async fn wait_for_nodes(client: &kube::Client, count: usize) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(120);
     while nodes.list_metadata(&ListParams::default()).await?.items.len() < count {

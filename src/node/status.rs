@@ -257,15 +257,15 @@ fn phase(policy: &str, statuses: &[ContainerStatus]) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::PodSpec;
 
-    fn at(s: i64) -> Timestamp {
+    pub(in crate::node) fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
     }
 
-    fn observed(role: Role, name: &str, attempt: u32, state: RunState, exit_code: i64) -> Observed {
+    pub(in crate::node) fn observed(role: Role, name: &str, attempt: u32, state: RunState, exit_code: i64) -> Observed {
         Observed {
             id: format!("{name}-{attempt}"),
             role,

@@ -27,6 +27,26 @@ use std::time::Duration;
 /// How soon a pod whose setup failed (volumes, configuration) is tried again.
 const RETRY_SETUP: Duration = Duration::from_secs(5);
 
+/// How long a container killed by SIGKILL may wait for Docker's OOM verdict.
+const OOM_VERDICT_WAIT: Duration = Duration::from_secs(1);
+
+/// Docker's `oom` and `die` events race: a container the kernel killed for
+/// memory can be seen exited by SIGKILL (137) before Docker marks it
+/// OOMKilled. Writing its status then would fix a wrong reason for good (a
+/// finished pod's status never changes), so a container SIGKILLed less than
+/// [`OOM_VERDICT_WAIT`] ago without the verdict holds the status back; this is
+/// how much longer it should wait.
+fn oom_verdict_pending(containers: &[Observed], now: Timestamp) -> Option<Duration> {
+    containers
+        .iter()
+        .filter(|c| c.role == Role::App && c.state == RunState::Exited && c.exit_code == 137 && !c.oom_killed)
+        .filter_map(|c| {
+            let since = now.duration_since(c.finished_at?).unsigned_abs();
+            OOM_VERDICT_WAIT.checked_sub(since).filter(|left| !left.is_zero())
+        })
+        .max()
+}
+
 /// Go's rendering of a duration, as the kubelet's messages show it (`1m20s`).
 fn go_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -137,6 +157,11 @@ impl PodReconciler {
             })
             .collect();
         self.prober.sync(&PodProbes { key, uid: &uid, pod_ip: &pod_ip, pod_ref: &pod_ref }, &running);
+        if let Some(wait) = oom_verdict_pending(&mine, Timestamp::now()) {
+            // Its oom event (or the verdict's delay running out) brings the status.
+            outcome.requeue_after(wait);
+            return Ok(outcome.requeue.map_or(Next::Done, Next::After));
+        }
         self.write_status(pod, &mine, &outcome).await?;
         Ok(outcome.requeue.map_or(Next::Done, Next::After))
     }
@@ -362,5 +387,18 @@ mod tests {
         assert_eq!(go_duration(Duration::from_secs(10)), "10s");
         assert_eq!(go_duration(Duration::from_secs(80)), "1m20s");
         assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn a_fresh_sigkill_without_docker_verdict_holds_the_status_back() {
+        use crate::node::status::tests::{at, observed};
+        let killed = observed(Role::App, "main", 0, RunState::Exited, 137);
+        let exited = killed.finished_at.unwrap();
+        let soon = exited + jiff::SignedDuration::from_millis(400);
+        assert_eq!(oom_verdict_pending(std::slice::from_ref(&killed), soon), Some(Duration::from_millis(600)));
+        assert_eq!(oom_verdict_pending(std::slice::from_ref(&killed), at(10)), None, "the wait is bounded");
+        let verdict = Observed { oom_killed: true, ..killed.clone() };
+        let failed = observed(Role::App, "main", 0, RunState::Exited, 1);
+        assert_eq!(oom_verdict_pending(&[verdict, failed], soon), None);
     }
 }
