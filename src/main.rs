@@ -190,6 +190,10 @@ struct ServerArgs {
     #[arg(long, default_value_t = 40, value_name = "SECONDS")]
     node_monitor_grace_period: u64,
 
+    /// How often each HorizontalPodAutoscaler is evaluated (a Go duration: 15s, 500ms, 1m)
+    #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = parse_sync_period)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+
     /// Name of this machine's node [default: the host name]
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
@@ -341,6 +345,7 @@ fn server_config(args: ServerArgs) -> ServerConfig {
         controllers: rk::controllers::ControllerOptions {
             node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period.max(1)),
             cluster_cidr: args.cluster_cidr,
+            hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
             ..Default::default()
         },
         fake_nodes: args.fake_nodes,
@@ -369,6 +374,11 @@ fn agent_config(node: &str, data_dir: PathBuf, cluster_cidr: ipnet::Ipv4Net, ser
         config.pod_network = None;
     }
     config
+}
+
+/// A positive Go duration, as upstream's controller-manager flags take them.
+fn parse_sync_period(s: &str) -> Result<Duration, String> {
+    rk::api::object::parse_go_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| format!("{s} is not a positive duration such as 15s or 500ms"))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

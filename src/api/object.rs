@@ -135,6 +135,38 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
+/// Reads a duration as Go writes and parses them (`15s`, `1m30s`, `500ms`,
+/// `1.5h`), as metav1.Duration fields and upstream's command-line flags take
+/// them; `None` for anything else, a negative duration included.
+pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut seconds = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_end);
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" | "μs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        seconds += number.parse::<f64>().ok()? * scale;
+        rest = next;
+    }
+    std::time::Duration::try_from_secs_f64(seconds).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +183,19 @@ mod tests {
         assert_eq!(human_duration(3 * 86400 + 4 * 3600), "3d4h");
         assert_eq!(human_duration(40 * 86400), "40d");
         assert_eq!(human_duration(-1), "<invalid>");
+    }
+
+    #[test]
+    fn go_durations_parse_like_go() {
+        use std::time::Duration;
+        assert_eq!(parse_go_duration("15s"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "15", "s", "-1s", "1x", "1..5s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct ControllerOptions {
     pub pod_eviction_timeout: Duration,
     /// The pod network; each node gets a /24 of it.
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// How often each HorizontalPodAutoscaler is evaluated.
+    pub hpa_sync_period: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -50,6 +52,7 @@ impl Default for ControllerOptions {
             node_monitor_grace_period: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(300),
             cluster_cidr: "10.42.0.0/16".parse().expect("valid CIDR"),
+            hpa_sync_period: Duration::from_secs(15),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! lifecycle) that make it behave as upstream. Adding a kind means adding an entry
 //! here, not a handler.
 
-mod autoscaling;
+pub mod autoscaling;
 mod batch;
 mod core;
 pub mod networking;
