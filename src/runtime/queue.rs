@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// First retry delay after a failure, doubling up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(5);
@@ -19,6 +20,8 @@ struct State {
     dirty: HashSet<String>,
     processing: HashSet<String>,
     failures: HashMap<String, u32>,
+    /// When each delayed key is due; one timer per key, the earliest wins.
+    delayed: HashMap<String, Instant>,
     shut_down: bool,
 }
 
@@ -45,15 +48,30 @@ impl WorkQueue {
         }
     }
 
-    /// Queues `key` after `delay`.
+    /// Queues `key` after `delay`. A key already waiting keeps the earlier of
+    /// its two due times, so repeated requests never pile up timers or
+    /// reconciles (client-go's delaying queue does the same).
     pub fn add_after(self: &Arc<Self>, key: String, delay: Duration) {
         if delay.is_zero() {
             return self.add(key);
         }
+        let due = Instant::now() + delay;
+        {
+            let mut s = self.state.lock().expect("queue lock");
+            match s.delayed.get(&key) {
+                Some(waiting) if *waiting <= due => return,
+                _ => s.delayed.insert(key.clone(), due),
+            };
+        }
         let queue = Arc::downgrade(self);
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if let Some(queue) = queue.upgrade() {
+            tokio::time::sleep_until(due).await;
+            let Some(queue) = queue.upgrade() else { return };
+            let mut s = queue.state.lock().expect("queue lock");
+            // A later request for an earlier time has its own timer.
+            if s.delayed.get(&key) == Some(&due) {
+                s.delayed.remove(&key);
+                drop(s);
                 queue.add(key);
             }
         });
@@ -165,6 +183,23 @@ mod tests {
         assert!(start.elapsed() >= BASE_BACKOFF * 7, "5 + 10 + 20 ms of back-off");
         q.forget("a");
         assert!(q.state.lock().unwrap().failures.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_delayed_key_is_queued_once_at_its_earliest_due_time() {
+        let q = WorkQueue::new();
+        let asked = Instant::now();
+        for ms in [300, 50, 600] {
+            q.add_after("a".into(), Duration::from_millis(ms));
+        }
+        let due = q.state.lock().unwrap().delayed.get("a").copied().unwrap();
+        assert!(due - asked < Duration::from_millis(300), "the earliest due time wins");
+        assert_eq!(q.next().await.as_deref(), Some("a"));
+        q.done("a");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(q.is_empty(), "the superseded timers queue nothing");
+        q.add_after("a".into(), Duration::from_millis(1));
+        assert_eq!(q.next().await.as_deref(), Some("a"), "a key may wait again once its timer fired");
     }
 
     #[tokio::test]
