@@ -214,7 +214,7 @@ struct ServerArgs {
     #[arg(long)]
     disable_dns: bool,
 
-    /// Where the cluster DNS listens (UDP and TCP); pods reach it through the kube-dns Service
+    /// Where the cluster DNS listens (UDP and TCP); pods reach it through the kube-dns Service. An unspecified address means the node's address (the one of the default route)
     #[arg(long, default_value = "0.0.0.0:53", value_name = "IP:PORT")]
     dns_listen: SocketAddr,
 

@@ -239,7 +239,15 @@ async fn publish_api_service(app: &axum::Router, ranges: &crate::api::allocator:
 /// cluster works without it.
 async fn start_dns(config: &ServerConfig, app: &axum::Router, informers: &crate::runtime::Informers, shutdown: CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
     let dns_ip = config.service_ranges.dns_service_ip();
-    let address = match crate::net::dns::start(&config.dns, informers, dns_ip, shutdown, tasks).await {
+    let mut options = config.dns.clone();
+    // A wildcard UDP socket answers from the address that routes back to the
+    // pod (its bridge's), which the conntrack entry of the kube-dns Service's
+    // DNAT does not expect, so the pod never sees the answer. Bound to the one
+    // address the Service's Endpoints name, answers leave from it.
+    if options.listen.ip().is_unspecified() {
+        options.listen.set_ip(api_endpoint(options.listen.ip()));
+    }
+    let address = match crate::net::dns::start(&options, informers, dns_ip, shutdown, tasks).await {
         Ok(address) => address,
         Err(e) => return tracing::error!(error = %e, "cluster DNS not started; set --dns-listen or --disable-dns"),
     };

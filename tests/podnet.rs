@@ -39,6 +39,25 @@ while True:
     c.close()
 "#;
 
+/// The outside host's resolver: `outside.example.test` is its own address, every
+/// other name is NXDOMAIN.
+const OUTSIDE_RESOLVER: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+while True:
+    query, client = s.recvfrom(512)
+    end, labels = 12, []
+    while query[end]:
+        labels.append(query[end + 1:end + 1 + query[end]].decode().lower())
+        end += 1 + query[end]
+    qtype = struct.unpack(">H", query[end + 1:end + 3])[0]
+    found = labels == ["outside", "example", "test"] and qtype == 1
+    header = query[:2] + struct.pack(">HHHHH", 0x8180 if found else 0x8183, 1, int(found), 0, 0)
+    answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton("192.168.250.1") if found else b""
+    s.sendto(header + query[12:end + 5] + answer, client)
+"#;
+
 /// A pod's server: `GET /cgi-bin/who` answers "<hostname> <client address>".
 const POD_SERVER: &str = r#"mkdir -p /tmp/www/cgi-bin && printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho $(hostname) $REMOTE_ADDR\n' > /tmp/www/cgi-bin/who && chmod +x /tmp/www/cgi-bin/who && exec httpd -f -p 80 -h /tmp/www"#;
 
@@ -56,7 +75,8 @@ fn output(args: &[&str]) -> String {
 struct Lab {
     prefix: String,
     nodes: usize,
-    outside_server: Option<Child>,
+    /// The outside host's HTTP server and resolver.
+    outside_servers: Vec<Child>,
 }
 
 impl Lab {
@@ -73,7 +93,7 @@ impl Lab {
         test_images();
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let prefix = format!("rkn{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let mut lab = Lab { prefix, nodes, outside_server: None };
+        let mut lab = Lab { prefix, nodes, outside_servers: Vec::new() };
         let outside = lab.outside();
         sh(&["ip", "netns", "add", &outside]);
         sh(&["ip", "-n", &outside, "link", "set", "lo", "up"]);
@@ -97,8 +117,10 @@ impl Lab {
                 sh(&args);
             }
         }
-        let server = in_netns(&mut Command::new("python3"), &outside).args(["-c", OUTSIDE_SERVER]).stdout(Stdio::null()).spawn().expect("the outside server starts");
-        lab.outside_server = Some(server);
+        for program in [OUTSIDE_SERVER, OUTSIDE_RESOLVER] {
+            let server = in_netns(&mut Command::new("python3"), &outside).args(["-c", program]).stdout(Stdio::null()).spawn().expect("the outside server starts");
+            lab.outside_servers.push(server);
+        }
         Some(lab)
     }
 
@@ -121,7 +143,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut server) = self.outside_server.take() {
+        for server in &mut self.outside_servers {
             let _ = server.kill();
             let _ = server.wait();
         }
@@ -272,7 +294,8 @@ fn pod_links(lab: &Lab, node: usize) -> Vec<String> {
 fn pods_get_addresses_of_their_node_reach_each_other_their_services_and_the_outside_masqueraded() {
     let Some(lab) = Lab::new(1) else { return };
     // A simulated node too: its address is on no network of this node.
-    let server = Server::start_in_netns(&lab.node(0), NODE_IPS[0], &["--fake-nodes", "1"]);
+    // Names outside the cluster go to the outside host's resolver.
+    let server = Server::start_in_netns(&lab.node(0), NODE_IPS[0], &["--fake-nodes", "1", "--dns-upstream", OUTSIDE_IP]);
     let node = server.node.clone().expect("an agent");
     apply(&server, &who_pod("web", &node, json!({})));
     apply(&server, &who_pod("client", &node, json!({})));
@@ -301,6 +324,22 @@ fn pods_get_addresses_of_their_node_reach_each_other_their_services_and_the_outs
     assert!(resolv.contains("nameserver 10.43.0.10") && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
     assert!(resolv.contains("options ndots:5"), "{resolv}");
     assert!(exec(&client, "cat /etc/hosts").contains(&format!("{}\tclient", pod_ip(&client))));
+    // The Service's name, short and qualified, through the kube-dns Service and the search path.
+    let resolves = |name: &str, fqdn: &str, address: &str| {
+        let answer = exec(&client, &format!("nslookup -type=a {name} 2>&1"));
+        assert!(answer.lines().any(|l| l.starts_with("Name:") && l.ends_with(fqdn)), "{name}: {answer}");
+        assert!(answer.lines().any(|l| l.starts_with("Address") && l.ends_with(address)), "{name}: {answer}");
+    };
+    for name in ["web", "web.default.svc.cluster.local"] {
+        resolves(name, "web.default.svc.cluster.local", &service_ip);
+    }
+    // busybox's nslookup looks a dotted name up as it is; its C library's
+    // resolver follows the search path for names with fewer than five dots.
+    for name in ["web", "web.default", "web.default.svc"] {
+        assert_eq!(who_eventually(&client, name).0, "web", "{name}");
+    }
+    // And a name outside the cluster, forwarded.
+    resolves("outside.example.test", "outside.example.test", OUTSIDE_IP);
 
     // No route to a node that cannot be reached directly; a warning instead.
     node_pod_cidr(&server, "fake-0");
