@@ -139,17 +139,23 @@ impl Proxier {
     }
 }
 
-/// The chains and named sets of `table` (empty if it does not exist yet).
-pub fn list_table(netlink: &mut Nfnetlink, table: &str) -> Result<Existing, NetlinkError> {
-    let mut existing = Existing::default();
+/// The names of the chains of `table` (none if it does not exist).
+pub fn list_chains(netlink: &mut Nfnetlink, table: &str) -> Result<BTreeSet<String>, NetlinkError> {
+    let mut names = BTreeSet::new();
     let chains = netlink.dump(NfTablesMessage::GetChain(ChainMessage { attributes: vec![ChainAttribute::Table(table.to_owned())] }))?;
     for message in chains {
         let NfTablesMessage::NewChain(chain) = message else { continue };
         let in_table = chain.attributes.iter().any(|a| matches!(a, ChainAttribute::Table(t) if t == table));
         if let Some(name) = chain.attributes.iter().find_map(|a| if let ChainAttribute::Name(n) = a { Some(n) } else { None }).filter(|_| in_table) {
-            existing.chains.insert(name.clone());
+            names.insert(name.clone());
         }
     }
+    Ok(names)
+}
+
+/// The chains and named sets of `table` (empty if it does not exist yet).
+pub fn list_table(netlink: &mut Nfnetlink, table: &str) -> Result<Existing, NetlinkError> {
+    let mut existing = Existing { chains: list_chains(netlink, table)?, ..Default::default() };
     let sets = match netlink.dump(NfTablesMessage::GetSet(SetMessage { attributes: vec![SetAttribute::Table(table.to_owned())] })) {
         Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(existing), // no such table yet
         other => other?,
