@@ -103,6 +103,18 @@ enum BenchWhat {
         #[arg(long, default_value_t = 50)]
         samples: u32,
     },
+    /// HTTP requests/s and latency through a ClusterIP and a NodePort next to a pod IP, with wrk (root, Docker, tools/test-images.sh, `apt-get install wrk`)
+    Service {
+        /// Seconds wrk runs against each target
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections wrk keeps open
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// wrk's threads
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Pod start latency (create -> Running) on the embedded node agent, next to `docker run -d` (needs Docker and tools/test-images.sh)
     Pods {
         /// Pods to start
@@ -254,6 +266,9 @@ fn main() {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Service { seconds, connections, threads }), .. }) => {
+                rk::bench::service::run(rk::bench::service::ServiceBenchOptions { seconds, connections, threads })
+            }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Scheduler { nodes, pods, creators }), .. }) => {
                 rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes, pods, creators }).await
             }
