@@ -183,6 +183,26 @@ fn udp(address: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
 }
 
+/// A UDP client that keeps one socket, so all its requests are one conntrack flow.
+struct UdpClient(UdpSocket);
+
+impl UdpClient {
+    fn connect(address: &str) -> UdpClient {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("UDP socket");
+        socket.connect(address).expect("connect");
+        socket.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+        UdpClient(socket)
+    }
+
+    /// One request on the socket: the answer.
+    fn ask(&self) -> std::io::Result<String> {
+        self.0.send(b"hello")?;
+        let mut buffer = [0u8; 200];
+        let n = self.0.recv(&mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    }
+}
+
 /// The pod names that answered `count` requests (answers are "<pod> <client>").
 fn answering(count: usize, request: impl Fn() -> std::io::Result<String>) -> BTreeSet<String> {
     (0..count).filter_map(|_| request().ok()).filter_map(|a| a.split_whitespace().next().map(str::to_owned)).collect()
@@ -192,13 +212,18 @@ fn names(pods: &[usize]) -> BTreeSet<String> {
     pods.iter().map(|i| format!("pod{i}")).collect()
 }
 
-/// A selector-less Service (`ports`: name, port, protocol, target port).
+/// A selector-less Service (`ports`: name, port, protocol).
 async fn create_service(client: &kube::Client, name: &str, kind: &str, ports: &[(&str, i32, &str)]) -> Service {
-    let ports: Vec<_> = ports.iter().map(|(n, p, proto)| json!({ "name": n, "port": p, "protocol": proto })).collect();
+    create_service_with(client, name, json!({ "type": kind }), ports).await
+}
+
+/// A selector-less Service with more of its `spec` given.
+async fn create_service_with(client: &kube::Client, name: &str, mut spec: serde_json::Value, ports: &[(&str, i32, &str)]) -> Service {
+    spec["ports"] = ports.iter().map(|(n, p, proto)| json!({ "name": n, "port": p, "protocol": proto })).collect();
     let service: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": { "name": name, "namespace": "default" },
-        "spec": { "type": kind, "ports": ports },
+        "spec": spec,
     }))
     .expect("service");
     Api::<Service>::namespaced(client.clone(), "default").create(&PostParams::default(), &service).await.expect("service created")
@@ -410,5 +435,47 @@ fn a_restarted_server_rebuilds_the_rules_and_drops_stale_ones() {
         assert!(rk_chains().iter().any(|c| c.starts_with("svc/default/kept/")), "{:?}", rk_chains());
         assert_eq!(answering(10, || tcp(&kept)), names(&[1]));
         assert!(tcp(&dropped).is_err());
+    });
+}
+
+#[test]
+fn a_udp_flow_leaves_an_endpoint_removed_from_the_service() {
+    let Some(lab) = Lab::new(2) else { return };
+    run_on(&lab.node(), move || async move {
+        let server = Server::start_with_proxy(&[]);
+        let client = server.client().await;
+        let dns = format!("{}:53", cluster_ip(&create_service(&client, "dns", "ClusterIP", &[("dns", 53, "UDP")]).await));
+        set_endpoints(&client, "dns", &[(1, true)]).await;
+        eventually("the Service answers over UDP", || udp(&dns).is_ok_and(|a| a.starts_with("pod1 "))).await;
+        let flow = UdpClient::connect(&dns);
+        eventually("the client's flow reaches pod1", || flow.ask().is_ok_and(|a| a.starts_with("pod1 "))).await;
+
+        // pod1 still answers; only its conntrack entry ties the flow to it.
+        set_endpoints(&client, "dns", &[(2, true)]).await;
+        eventually("the client's flow moves to pod2", || flow.ask().is_ok_and(|a| a.starts_with("pod2 "))).await;
+        assert!(flow.ask().is_ok_and(|a| a.starts_with("pod2 ")));
+    });
+}
+
+#[test]
+fn a_udp_flow_started_before_the_service_had_endpoints_reaches_them_once_it_has() {
+    let Some(lab) = Lab::new(1) else { return };
+    run_on(&lab.node(), move || async move {
+        let server = Server::start_with_proxy(&[]);
+        let client = server.client().await;
+        let vip: std::net::SocketAddrV4 = "10.43.200.53:53".parse().unwrap();
+        // Sent while no rule knows the address: conntrack records the flow
+        // without NAT (routed toward the outside host, which does not answer).
+        let flow = UdpClient::connect(&vip.to_string());
+        for _ in 0..3 {
+            assert!(flow.ask().is_err());
+        }
+        let mut netlink = rk::net::netlink::Nfnetlink::open().expect("netfilter netlink");
+        let flows = rk::net::conntrack::udp_flows(&mut netlink).expect("conntrack dump");
+        assert!(flows.iter().any(|f| f.destination == vip && f.reply_source == vip), "an un-NATed flow to {vip}: {flows:?}");
+
+        create_service_with(&client, "late", json!({ "type": "ClusterIP", "clusterIP": vip.ip().to_string() }), &[("dns", 53, "UDP")]).await;
+        set_endpoints(&client, "late", &[(1, true)]).await;
+        eventually("the client's flow reaches the endpoint", || flow.ask().is_ok_and(|a| a.starts_with("pod1 "))).await;
     });
 }

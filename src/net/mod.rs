@@ -12,6 +12,7 @@
 //! - [`model`]: rk's table as comparable values, and the transactions between them.
 //! - [`services`]: one Service and its EndpointSlices → its chains and map elements.
 //! - [`proxier`]: the control loop over the shared informers.
+//! - [`conntrack`]: clearing UDP flows stuck on endpoints that are gone.
 //! - [`servicelb`]: gives LoadBalancer Services the nodes' addresses (k3s's ServiceLB role).
 //! - [`bench`]: `rk bench proxy`, the cost of programming one Service among many.
 //! - [`dns`]: the cluster DNS (kube-dns/CoreDNS's role).
@@ -28,6 +29,7 @@
 //! plus two accept rules in Docker's `DOCKER-USER` chain (see [`podrules`]).
 
 pub mod bench;
+pub mod conntrack;
 pub mod dns;
 pub mod hostgw;
 pub mod ingress;

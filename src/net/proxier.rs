@@ -5,6 +5,7 @@
 //! rebuilds the whole table from the cache against what the kernel lists, so a
 //! restart removes whatever no Service wants any more.
 
+use super::conntrack::{self, UdpPort};
 use super::model::{Existing, Key, Map, Ruleset, Tables};
 use super::netlink::{Error as NetlinkError, Nfnetlink};
 use super::nft::Batch;
@@ -49,6 +50,8 @@ struct State {
     /// False until the table has been rebuilt from the cache (at start, and
     /// after a transaction failed and the kernel may differ from `programmed`).
     in_sync: bool,
+    /// Each Service's UDP ports as last cleared for, by Service key.
+    udp: HashMap<String, BTreeMap<String, UdpPort>>,
 }
 
 pub struct Proxier {
@@ -69,17 +72,18 @@ impl Proxier {
         tables: Tables,
         queue: Arc<WorkQueue>,
     ) -> Self {
-        let state = State { netlink, programmed: HashMap::new(), owners: HashMap::new(), waiting: HashMap::new(), in_sync: false };
+        let state = State { netlink, programmed: HashMap::new(), owners: HashMap::new(), waiting: HashMap::new(), in_sync: false, udp: HashMap::new() };
         Self { services, slices, context, tables, queue, state: tokio::sync::Mutex::new(state) }
     }
 
-    /// What the Service named `key` wants, less the map keys others hold.
-    fn wanted(&self, key: &str, state: &mut State) -> Ruleset {
-        let Some(service) = self.services.get(key) else { return Ruleset::default() };
+    /// What the Service named `key` wants, less the map keys others hold, and its UDP ports.
+    fn wanted(&self, key: &str, state: &mut State) -> (Ruleset, BTreeMap<String, UdpPort>) {
+        let Some(service) = self.services.get(key) else { return Default::default() };
         let (namespace, name) = split_key(key);
         let slices = self.slices.filter(|s| {
             s.metadata.namespace.as_deref() == Some(namespace) && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
         });
+        let udp = services::udp_ports(&service, &slices);
         let mut rules = services::service_rules(&service, &slices, &self.context);
         rules.elements.retain(|element, _| match state.owners.get(element) {
             Some(owner) if owner != key => {
@@ -89,7 +93,7 @@ impl Proxier {
             }
             _ => true,
         });
-        rules
+        (rules, udp)
     }
 
     /// Records what `key` now has in the kernel; wakes Services waiting for keys it let go.
@@ -119,11 +123,15 @@ impl Proxier {
         state.programmed.clear();
         state.owners.clear();
         state.waiting.clear();
+        state.udp.clear();
         let mut keys: Vec<String> = self.services.list().iter().map(|s| key_of(s.as_ref())).collect();
         keys.sort();
         for key in keys {
-            let rules = self.wanted(&key, state);
+            let (rules, udp) = self.wanted(&key, state);
             self.record(&key, rules, state);
+            if !udp.is_empty() {
+                state.udp.insert(key, udp);
+            }
         }
         let mut batch = Batch::new(&self.tables.shared);
         self.tables.resync(&mut batch, &existing, state.programmed.iter().map(|(k, r)| (k.as_str(), r)));
@@ -135,6 +143,10 @@ impl Proxier {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "service proxy rules rebuilt"
         );
+        // Whatever changed while no proxy watched: every UDP port's flows are
+        // checked. A failure is logged and not retried (the rules are right).
+        let ports: Vec<UdpPort> = state.udp.values().flat_map(|ports| ports.values().cloned()).collect();
+        let _ = clear_stale_flows("*", &ports, &mut state.netlink);
         Ok(())
     }
 }
@@ -185,19 +197,48 @@ impl Reconciler for Proxier {
             }
             return Ok(Next::Done);
         }
-        let wanted = self.wanted(key, state);
+        let (wanted, udp) = self.wanted(key, state);
         let old = state.programmed.get(key).cloned().unwrap_or_default();
-        if wanted == old {
-            return Ok(Next::Done);
+        if wanted != old {
+            let mut batch = Batch::new(&self.tables.shared);
+            self.tables.update(&mut batch, key, &old, &wanted);
+            if let Err(e) = state.netlink.apply(batch.ops()) {
+                tracing::warn!(service = key, error = %e, "programming a Service failed; the rules will be rebuilt");
+                state.in_sync = false;
+                return Err(e.into());
+            }
+            self.record(key, wanted, state);
         }
-        let mut batch = Batch::new(&self.tables.shared);
-        self.tables.update(&mut batch, key, &old, &wanted);
-        if let Err(e) = state.netlink.apply(batch.ops()) {
-            tracing::warn!(service = key, error = %e, "programming a Service failed; the rules will be rebuilt");
-            state.in_sync = false;
+        // After the rules: a flow deleted before could be NATed the old way again.
+        let old_udp = state.udp.remove(key).unwrap_or_default();
+        if let Err(e) = clear_stale_flows(key, &conntrack::to_check(&old_udp, &udp), &mut state.netlink) {
+            // Retried from the same starting point.
+            if !old_udp.is_empty() {
+                state.udp.insert(key.to_owned(), old_udp);
+            }
             return Err(e.into());
         }
-        self.record(key, wanted, state);
+        if !udp.is_empty() {
+            state.udp.insert(key.to_owned(), udp);
+        }
         Ok(Next::Done)
+    }
+}
+
+/// Deletes the flows stale for `ports` of Service `key` (`*`: every Service).
+fn clear_stale_flows(key: &str, ports: &[UdpPort], netlink: &mut Nfnetlink) -> Result<(), NetlinkError> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    match conntrack::clear_stale(netlink, ports) {
+        Ok(deleted) => {
+            tracing::debug!(service = key, deleted, elapsed_ms = started.elapsed().as_millis() as u64, "stale UDP flows cleared");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(service = key, error = %e, "clearing stale UDP conntrack entries failed; clients may keep reaching removed endpoints until their flows time out");
+            Err(e)
+        }
     }
 }

@@ -6,9 +6,10 @@
 use super::model::{Chain, Key, MARK_FOR_MASQUERADE, Map, Protocol, REJECT_CHAIN, Rule, Ruleset};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use super::conntrack::UdpPort;
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use std::borrow::Borrow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 /// The label tying an EndpointSlice to its Service.
@@ -23,12 +24,9 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-/// The endpoints of one Service port: ready ones; when none is ready, those
-/// still serving while terminating (upstream's fallback).
-pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> Vec<Endpoint> {
+/// Each endpoint of one Service port, with its conditions.
+fn each_endpoint(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str, mut f: impl FnMut(Endpoint, &EndpointConditions)) {
     let name = port.name.as_deref().unwrap_or("");
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
     for slice in slices.iter().map(Borrow::borrow).filter(|s| s.address_type == "IPv4") {
         let Some(target) = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == name && p.protocol.as_deref().unwrap_or("TCP") == protocol
@@ -39,16 +37,37 @@ pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, prot
         for endpoint in &slice.endpoints {
             let conditions = endpoint.conditions.clone().unwrap_or_default();
             for address in endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
-                let e = Endpoint { address, port: target };
-                if conditions.ready != Some(false) {
-                    ready.insert(e);
-                } else if conditions.serving == Some(true) && conditions.terminating == Some(true) {
-                    terminating.insert(e);
-                }
+                f(Endpoint { address, port: target }, &conditions);
             }
         }
     }
+}
+
+/// The endpoints of one Service port: ready ones; when none is ready, those
+/// still serving while terminating (upstream's fallback).
+pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> Vec<Endpoint> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    each_endpoint(slices, port, protocol, |e, conditions| {
+        if conditions.ready != Some(false) {
+            ready.insert(e);
+        } else if conditions.serving == Some(true) && conditions.terminating == Some(true) {
+            terminating.insert(e);
+        }
+    });
     if ready.is_empty() { terminating.into_iter().collect() } else { ready.into_iter().collect() }
+}
+
+/// The endpoints of one Service port that still serve, ready or terminating
+/// (`serving`, which defaults to `ready`): flows they answer stay untouched.
+pub fn serving_endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> BTreeSet<Endpoint> {
+    let mut serving = BTreeSet::new();
+    each_endpoint(slices, port, protocol, |e, conditions| {
+        if conditions.serving.or(conditions.ready).unwrap_or(true) {
+            serving.insert(e);
+        }
+    });
+    serving
 }
 
 /// What the node needs to know besides the Service.
@@ -58,12 +77,30 @@ pub struct Context {
     pub cluster_cidr: Ipv4Net,
 }
 
-/// The rules for one Service (empty for headless and ExternalName ones).
-pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], ctx: &Context) -> Ruleset {
-    let mut out = Ruleset::default();
-    let Some(spec) = service.spec.as_ref() else { return out };
+/// Where a Service is reached: its addresses and its ports.
+struct Frontends<'a> {
+    cluster_ip: Option<Ipv4Addr>,
+    /// External and load-balancer IPs.
+    external: Vec<Ipv4Addr>,
+    ports: Vec<Frontend<'a>>,
+}
+
+/// One port of a Service, as clients reach it.
+struct Frontend<'a> {
+    spec: &'a ServicePort,
+    protocol: Protocol,
+    protocol_name: &'a str,
+    port: u16,
+    node_port: Option<u16>,
+    /// `namespace/name/protocol/port name or number`: the base of its chains' names.
+    id: String,
+}
+
+/// The addresses and ports of a Service (`None` for ExternalName ones).
+fn frontends(service: &Service) -> Option<Frontends<'_>> {
+    let spec = service.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
-        return out;
+        return None;
     }
     let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok());
     let external: Vec<Ipv4Addr> = spec
@@ -76,6 +113,44 @@ pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], c
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("");
+    let name = service.metadata.name.as_deref().unwrap_or("");
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|spec| {
+            let protocol_name = spec.protocol.as_deref().unwrap_or("TCP");
+            let (Some(protocol), Ok(port)) = (Protocol::parse(protocol_name), u16::try_from(spec.port)) else { return None };
+            let node_port = spec.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
+            let port_name = spec.name.as_deref().filter(|n| !n.is_empty()).map_or_else(|| spec.port.to_string(), str::to_owned);
+            let id = format!("{namespace}/{name}/{}/{port_name}", protocol.name());
+            Some(Frontend { spec, protocol, protocol_name, port, node_port, id })
+        })
+        .collect();
+    Some(Frontends { cluster_ip, external, ports })
+}
+
+/// The Service's UDP ports by id: where they receive, and who serves them
+/// (what [`conntrack`](super::conntrack) clears stale flows by).
+pub fn udp_ports(service: &Service, slices: &[impl Borrow<EndpointSlice>]) -> BTreeMap<String, UdpPort> {
+    let Some(frontends) = frontends(service) else { return BTreeMap::new() };
+    let addresses: Vec<Ipv4Addr> = frontends.cluster_ip.into_iter().chain(frontends.external.iter().copied()).collect();
+    frontends
+        .ports
+        .into_iter()
+        .filter(|p| p.protocol == Protocol::Udp && (!addresses.is_empty() || p.node_port.is_some()))
+        .map(|p| {
+            let serving = serving_endpoints(slices, p.spec, p.protocol_name);
+            (p.id, UdpPort { addresses: addresses.clone(), port: p.port, node_port: p.node_port, serving })
+        })
+        .collect()
+}
+
+/// The rules for one Service (empty for headless and ExternalName ones).
+pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], ctx: &Context) -> Ruleset {
+    let mut out = Ruleset::default();
+    let (Some(spec), Some(Frontends { cluster_ip, external, ports })) = (service.spec.as_ref(), frontends(service)) else { return out };
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
@@ -84,13 +159,7 @@ pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], c
             .and_then(|t| u32::try_from(t).ok())
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
-    let namespace = service.metadata.namespace.as_deref().unwrap_or("");
-    let name = service.metadata.name.as_deref().unwrap_or("");
-    for port in spec.ports.iter().flatten() {
-        let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
-        let (Some(protocol), Ok(service_port)) = (Protocol::parse(protocol_name), u16::try_from(port.port)) else { continue };
-        let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
-        let id = format!("{namespace}/{name}/{}/{}", protocol.name(), port.name.as_deref().filter(|n| !n.is_empty()).map_or_else(|| port.port.to_string(), str::to_owned));
+    for Frontend { spec: port, protocol, protocol_name, port: service_port, node_port, id } in ports {
         let endpoints = endpoints(slices, port, protocol_name);
         let mut keys: Vec<(Map, Key, bool)> = Vec::new(); // (map, key, external)
         keys.extend(cluster_ip.map(|ip| (Map::Services, Key::Address(ip, protocol, service_port), false)));
@@ -274,6 +343,19 @@ mod tests {
     }
 
     #[test]
+    fn udp_ports_keep_every_serving_endpoint_terminating_ones_too() {
+        let slices = [slice(
+            vec![("dns", 5353, "UDP"), ("http", 8080, "TCP")],
+            vec![("10.42.0.2", Some(true), None, None), ("10.42.0.3", Some(false), Some(true), Some(true)), ("10.42.0.4", Some(false), Some(false), Some(true))],
+        )];
+        let svc = service(vec![("dns", 53, "UDP", Some(30053)), ("http", 80, "TCP", None)]);
+        let ports = udp_ports(&svc, &slices);
+        let serving = ["10.42.0.2", "10.42.0.3"].map(|a| Endpoint { address: a.parse().unwrap(), port: 5353 });
+        let expected = UdpPort { addresses: vec!["10.43.0.10".parse().unwrap()], port: 53, node_port: Some(30053), serving: serving.into() };
+        assert_eq!(ports.into_iter().collect::<Vec<_>>(), [("ns/web/udp/dns".to_owned(), expected)]);
+    }
+
+    #[test]
     fn headless_and_external_name_services_need_nothing() {
         let mut svc = service(vec![("", 80, "TCP", None)]);
         svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
@@ -281,5 +363,6 @@ mod tests {
         assert!(service_rules(&svc, &slices, &ctx()).is_empty());
         svc.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
         assert!(service_rules(&svc, &slices, &ctx()).is_empty());
+        assert!(udp_ports(&svc, &slices).is_empty());
     }
 }
