@@ -298,7 +298,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), server::Error> {
         credentials,
         agent: agent_config(&node_name, data_dir, args.cluster_cidr, args.service_cidr, args.disable_pod_network),
         endpoint_port: args.kubelet_port,
-        proxy: (!args.disable_proxy).then_some(rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr }),
+        proxy: (!args.disable_proxy).then(|| rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr, node_name: node_name.clone() }),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
@@ -322,6 +322,7 @@ fn print_token(args: TokenArgs) -> Result<(), server::Error> {
 
 fn server_config(args: ServerArgs) -> ServerConfig {
     let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
+    let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
     let ranges = rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range };
     let dns = rk::net::dns::DnsOptions {
         enabled: !args.disable_dns,
@@ -349,12 +350,11 @@ fn server_config(args: ServerArgs) -> ServerConfig {
         fake_nodes: args.fake_nodes,
         service_ranges: ranges.clone(),
         agent: (!args.disable_agent).then(|| {
-            let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
             let mut agent = agent_config(&node_name, data_dir.clone(), args.cluster_cidr, args.service_cidr, args.disable_pod_network);
             agent.dns = dns.pod_dns();
             agent
         }),
-        proxy: !args.disable_proxy,
+        proxy: (!args.disable_proxy).then(|| rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr, node_name: node_name.clone() }),
         dns,
         ingress: rk::net::ingress::IngressOptions { enabled: !args.disable_ingress, http: args.ingress_http, https: args.ingress_https },
         kubelet_port: args.kubelet_port,

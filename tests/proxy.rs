@@ -231,9 +231,15 @@ async fn create_service_with(client: &kube::Client, name: &str, mut spec: serde_
 
 /// Our own EndpointSlice for Service `name`: `(pod, ready)` endpoints, ports http→8080/TCP and dns→5353/UDP.
 async fn set_endpoints(client: &kube::Client, name: &str, endpoints: &[(usize, bool)]) {
+    let endpoints: Vec<_> = endpoints.iter().map(|(i, ready)| (*i, *ready, None)).collect();
+    set_endpoints_on(client, name, &endpoints).await;
+}
+
+/// [`set_endpoints`] with the node of each endpoint: `(pod, ready, node)`.
+async fn set_endpoints_on(client: &kube::Client, name: &str, endpoints: &[(usize, bool, Option<&str>)]) {
     let endpoints: Vec<_> = endpoints
         .iter()
-        .map(|(i, ready)| json!({ "addresses": [pod_ip(*i)], "conditions": { "ready": ready, "serving": ready, "terminating": false } }))
+        .map(|(i, ready, node)| json!({ "addresses": [pod_ip(*i)], "nodeName": node, "conditions": { "ready": ready, "serving": ready, "terminating": false } }))
         .collect();
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -477,5 +483,36 @@ fn a_udp_flow_started_before_the_service_had_endpoints_reaches_them_once_it_has(
         create_service_with(&client, "late", json!({ "type": "ClusterIP", "clusterIP": vip.ip().to_string() }), &[("dns", 53, "UDP")]).await;
         set_endpoints(&client, "late", &[(1, true)]).await;
         eventually("the client's flow reaches the endpoint", || flow.ask().is_ok_and(|a| a.starts_with("pod1 "))).await;
+    });
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_uses_this_nodes_endpoints() {
+    let Some(lab) = Lab::new(2) else { return };
+    let outside = lab.outside();
+    run_on(&lab.node(), move || async move {
+        let server = Server::start_with_proxy(&["--node-name", "lab-node"]);
+        let client = server.client().await;
+        let service = create_service_with(&client, "local", json!({ "type": "NodePort", "externalTrafficPolicy": "Local" }), &[("http", 80, "TCP")]).await;
+        let node_port = service.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p[0].node_port).expect("node port");
+        set_endpoints_on(&client, "local", &[(1, true, Some("lab-node")), (2, true, Some("elsewhere"))]).await;
+        let address = format!("{NODE_IP}:{node_port}");
+        let from_outside = |count: usize| {
+            let (outside, address) = (outside.clone(), address.clone());
+            on(&outside, move || (0..count).map(|_| tcp(&address)).collect::<Vec<_>>())
+        };
+
+        let unmasqueraded = format!("pod1 {OUTSIDE_IP}");
+        eventually("outside clients reach only this node's endpoint, which sees their address", || {
+            from_outside(20).iter().all(|a| a.as_ref().is_ok_and(|a| *a == unmasqueraded))
+        })
+        .await;
+        // The node itself reaches every endpoint, as through the cluster IP.
+        assert_eq!(answering(40, || tcp(&address)), names(&[1, 2]));
+
+        // No endpoint on this node: outside traffic is dropped, the node's own still served.
+        set_endpoints_on(&client, "local", &[(2, true, Some("elsewhere"))]).await;
+        eventually("outside traffic is dropped", || from_outside(1).iter().all(|a| matches!(a, Err(e) if e.kind() == std::io::ErrorKind::TimedOut))).await;
+        assert_eq!(answering(10, || tcp(&address)), names(&[2]));
     });
 }

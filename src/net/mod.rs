@@ -58,6 +58,8 @@ pub const TABLE: &str = "rk";
 pub struct ProxyOptions {
     /// The pod network (ClusterIP traffic from outside it is masqueraded).
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// This node's name (`externalTrafficPolicy: Local` picks endpoints on it).
+    pub node_name: String,
 }
 
 /// Runs the proxy until `shutdown`. Without nf_tables (or without the right to
@@ -78,7 +80,7 @@ pub async fn run(informers: Arc<Informers>, options: ProxyOptions, shutdown: Can
     let services = informers.get::<Service>();
     let slices = informers.get::<EndpointSlice>();
     let controller = Controller::new("service-proxy", 1).owns_kind(&services).watch(&slices, proxier::slice_keys);
-    let context = services::Context { cluster_cidr: options.cluster_cidr };
+    let context = services::Context { cluster_cidr: options.cluster_cidr, node_name: Some(options.node_name) };
     let proxier = proxier::Proxier::new(netlink, services, slices, context, model::Tables::new(TABLE), controller.queue());
     tracing::info!(table = TABLE, "service proxy programming nf_tables");
     controller.run(Arc::new(proxier), shutdown).await;

@@ -24,8 +24,8 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-/// Each endpoint of one Service port, with its conditions.
-fn each_endpoint(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str, mut f: impl FnMut(Endpoint, &EndpointConditions)) {
+/// Each endpoint of one Service port, with its conditions and node.
+fn each_endpoint(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str, mut f: impl FnMut(Endpoint, &EndpointConditions, Option<&str>)) {
     let name = port.name.as_deref().unwrap_or("");
     for slice in slices.iter().map(Borrow::borrow).filter(|s| s.address_type == "IPv4") {
         let Some(target) = slice.ports.iter().flatten().find(|p| {
@@ -37,7 +37,7 @@ fn each_endpoint(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, prot
         for endpoint in &slice.endpoints {
             let conditions = endpoint.conditions.clone().unwrap_or_default();
             for address in endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
-                f(Endpoint { address, port: target }, &conditions);
+                f(Endpoint { address, port: target }, &conditions, endpoint.node_name.as_deref());
             }
         }
     }
@@ -46,9 +46,17 @@ fn each_endpoint(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, prot
 /// The endpoints of one Service port: ready ones; when none is ready, those
 /// still serving while terminating (upstream's fallback).
 pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> Vec<Endpoint> {
+    endpoints_on(slices, port, protocol, |_| true)
+}
+
+/// [`endpoints`] among those on the nodes `on` accepts (by `nodeName`).
+fn endpoints_on(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str, on: impl Fn(Option<&str>) -> bool) -> Vec<Endpoint> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
-    each_endpoint(slices, port, protocol, |e, conditions| {
+    each_endpoint(slices, port, protocol, |e, conditions, node| {
+        if !on(node) {
+            return;
+        }
         if conditions.ready != Some(false) {
             ready.insert(e);
         } else if conditions.serving == Some(true) && conditions.terminating == Some(true) {
@@ -62,7 +70,7 @@ pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, prot
 /// (`serving`, which defaults to `ready`): flows they answer stay untouched.
 pub fn serving_endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> BTreeSet<Endpoint> {
     let mut serving = BTreeSet::new();
-    each_endpoint(slices, port, protocol, |e, conditions| {
+    each_endpoint(slices, port, protocol, |e, conditions, _| {
         if conditions.serving.or(conditions.ready).unwrap_or(true) {
             serving.insert(e);
         }
@@ -75,6 +83,8 @@ pub fn serving_endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePo
 pub struct Context {
     /// The pod network: ClusterIP traffic from outside it is masqueraded.
     pub cluster_cidr: Ipv4Net,
+    /// This node's name: the endpoints on it serve `externalTrafficPolicy: Local`.
+    pub node_name: Option<String>,
 }
 
 /// Where a Service is reached: its addresses and its ports.
@@ -159,6 +169,8 @@ pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], c
             .and_then(|t| u32::try_from(t).ok())
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
+    // External traffic of `Local` Services goes only to this node's endpoints, unmasqueraded.
+    let local_policy = spec.external_traffic_policy.as_deref() == Some("Local");
     for Frontend { spec: port, protocol, protocol_name, port: service_port, node_port, id } in ports {
         let endpoints = endpoints(slices, port, protocol_name);
         let mut keys: Vec<(Map, Key, bool)> = Vec::new(); // (map, key, external)
@@ -168,44 +180,67 @@ pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], c
         if keys.is_empty() {
             continue;
         }
+        let no_endpoint = |map: Map| if map == Map::Services { Map::NoEndpointServices } else { Map::NoEndpointNodePorts };
         if endpoints.is_empty() {
             for (map, key, _) in keys {
-                let map = if map == Map::Services { Map::NoEndpointServices } else { Map::NoEndpointNodePorts };
-                out.elements.insert((map, key), REJECT_CHAIN.to_owned());
+                out.elements.insert((no_endpoint(map), key), REJECT_CHAIN.to_owned());
             }
             continue;
         }
-        let service_chain = format!("svc/{id}");
-        let external_chain = format!("ext/{id}");
-        let mut service_rules = vec![Rule::MasqueradeUnlessFrom(ctx.cluster_cidr)];
-        let mut endpoint_chains = Vec::new();
-        for e in &endpoints {
-            let chain = format!("ep/{id}/{}:{}", e.address, e.port);
+        let local = local_policy.then(|| endpoints_on(slices, port, protocol_name, |node| node.is_some() && node == ctx.node_name.as_deref()));
+        let endpoint_chain = |e: &Endpoint| format!("ep/{id}/{}:{}", e.address, e.port);
+        let affinity_set = |e: &Endpoint| format!("aff/{id}/{}:{}", e.address, e.port);
+        for e in endpoints.iter().chain(local.iter().flatten()).collect::<BTreeSet<_>>() {
             let mut rules = vec![Rule::MasqueradeIfFrom(e.address)];
             if let Some(timeout) = affinity {
-                let set = format!("aff/{id}/{}:{}", e.address, e.port);
-                service_rules.push(Rule::StickyGoto { set: set.clone(), chain: chain.clone() });
-                rules.push(Rule::RememberClient { set: set.clone(), timeout });
-                out.sets.insert(set);
+                rules.push(Rule::RememberClient { set: affinity_set(e), timeout });
+                out.sets.insert(affinity_set(e));
             }
             rules.push(Rule::Dnat { address: e.address, port: e.port });
-            out.chains.insert(chain.clone(), Chain::regular(rules));
-            endpoint_chains.push(chain);
+            out.chains.insert(endpoint_chain(e), Chain::regular(rules));
         }
-        match endpoint_chains.as_slice() {
-            [only] => service_rules.push(Rule::Goto(only.clone())),
-            _ => {
-                let map = format!("lb/{id}");
-                service_rules.push(Rule::Balance { map: map.clone(), size: endpoint_chains.len() as u32 });
-                out.balancers.insert(map, endpoint_chains);
+        // Sticky clients first, then a pick among `endpoints`.
+        let mut balance = |mut rules: Vec<Rule>, endpoints: &[Endpoint], map: String| {
+            if affinity.is_some() {
+                rules.extend(endpoints.iter().map(|e| Rule::StickyGoto { set: affinity_set(e), chain: endpoint_chain(e) }));
             }
-        }
-        out.chains.insert(service_chain.clone(), Chain::regular(service_rules));
+            match endpoints {
+                [only] => rules.push(Rule::Goto(endpoint_chain(only))),
+                _ => {
+                    rules.push(Rule::Balance { map: map.clone(), size: endpoints.len() as u32 });
+                    out.balancers.insert(map, endpoints.iter().map(endpoint_chain).collect());
+                }
+            }
+            Chain::regular(rules)
+        };
+        let service_chain = format!("svc/{id}");
+        let chain = balance(vec![Rule::MasqueradeUnlessFrom(ctx.cluster_cidr)], &endpoints, format!("lb/{id}"));
+        out.chains.insert(service_chain.clone(), chain);
+        let external_chain = format!("ext/{id}");
+        let external_rules = match &local {
+            None => vec![Rule::Jump(MARK_FOR_MASQUERADE.into()), Rule::Goto(service_chain.clone())],
+            Some(local) => {
+                // Pods and the node itself still reach every endpoint, as through the cluster IP.
+                let mut rules = vec![
+                    Rule::GotoIfFrom(ctx.cluster_cidr, service_chain.clone()),
+                    Rule::JumpIfFromNode(MARK_FOR_MASQUERADE.into()),
+                    Rule::GotoIfFromNode(service_chain.clone()),
+                ];
+                if local.is_empty() {
+                    // No endpoint on this node: the rest is dropped, as upstream does.
+                    rules.push(Rule::Drop);
+                } else {
+                    let local_chain = format!("local/{id}");
+                    let chain = balance(Vec::new(), local, format!("lb-local/{id}"));
+                    out.chains.insert(local_chain.clone(), chain);
+                    rules.push(Rule::Goto(local_chain));
+                }
+                rules
+            }
+        };
         for (map, key, is_external) in keys {
             let target = if is_external {
-                out.chains
-                    .entry(external_chain.clone())
-                    .or_insert_with(|| Chain::regular(vec![Rule::Jump(MARK_FOR_MASQUERADE.into()), Rule::Goto(service_chain.clone())]));
+                out.chains.entry(external_chain.clone()).or_insert_with(|| Chain::regular(external_rules.clone()));
                 external_chain.clone()
             } else {
                 service_chain.clone()
@@ -223,7 +258,7 @@ mod tests {
     use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointConditions, EndpointPort};
 
     fn ctx() -> Context {
-        Context { cluster_cidr: "10.42.0.0/16".parse().unwrap() }
+        Context { cluster_cidr: "10.42.0.0/16".parse().unwrap(), node_name: Some("here".into()) }
     }
 
     fn service(ports: Vec<(&str, i32, &str, Option<i32>)>) -> Service {
@@ -327,6 +362,39 @@ mod tests {
         );
         assert_eq!(rules.balancers["lb/ns/web/tcp/80"], ["ep/ns/web/tcp/80/10.42.0.2:8080", "ep/ns/web/tcp/80/10.42.0.3:8080"]);
         assert_eq!(rules.chains["ep/ns/web/tcp/80/10.42.0.3:8080"].rules[0], Rule::MasqueradeIfFrom("10.42.0.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn local_external_traffic_goes_only_to_this_nodes_endpoints_unmasqueraded() {
+        let mut svc = service(vec![("", 80, "TCP", Some(30080))]);
+        svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let mut slices = [slice(vec![("", 8080, "TCP")], vec![("10.42.0.2", Some(true), None, None), ("10.42.1.2", Some(true), None, None)])];
+        slices[0].endpoints[0].node_name = Some("here".into());
+        slices[0].endpoints[1].node_name = Some("there".into());
+        let rules = service_rules(&svc, &slices, &ctx());
+        let (node_port, cluster_ip) = ((Map::NodePorts, Key::Port(Protocol::Tcp, 30080)), (Map::Services, Key::Address("10.43.0.10".parse().unwrap(), Protocol::Tcp, 80)));
+        assert_eq!(rules.elements[&node_port], "ext/ns/web/tcp/80");
+        let service_chain = "svc/ns/web/tcp/80".to_owned();
+        assert_eq!(
+            rules.chains["ext/ns/web/tcp/80"].rules,
+            [
+                Rule::GotoIfFrom(ctx().cluster_cidr, service_chain.clone()),
+                Rule::JumpIfFromNode(MARK_FOR_MASQUERADE.into()),
+                Rule::GotoIfFromNode(service_chain.clone()),
+                Rule::Goto("local/ns/web/tcp/80".into()),
+            ]
+        );
+        assert_eq!(rules.chains["local/ns/web/tcp/80"].rules, [Rule::Goto("ep/ns/web/tcp/80/10.42.0.2:8080".into())]);
+        assert_eq!(rules.elements[&cluster_ip], service_chain);
+        assert_eq!(rules.balancers["lb/ns/web/tcp/80"].len(), 2, "the cluster IP keeps every endpoint");
+
+        // No endpoint on this node: external traffic is dropped, the node's and pods' still served.
+        slices[0].endpoints[0].node_name = Some("there".into());
+        let rules = service_rules(&svc, &slices, &ctx());
+        assert_eq!(rules.elements[&node_port], "ext/ns/web/tcp/80");
+        assert_eq!(rules.chains["ext/ns/web/tcp/80"].rules.last(), Some(&Rule::Drop));
+        assert!(!rules.chains.contains_key("local/ns/web/tcp/80"));
+        assert_eq!(rules.elements[&cluster_ip], service_chain);
     }
 
     #[test]
