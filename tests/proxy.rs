@@ -172,6 +172,20 @@ fn tcp(address: &str) -> std::io::Result<String> {
     Ok(answer.trim().to_owned())
 }
 
+/// One HTTP GET: the status and the JSON body.
+fn http_get(address: &str) -> std::io::Result<(u16, serde_json::Value)> {
+    let address: SocketAddr = address.parse().expect("socket address");
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    std::io::Write::write_all(&mut stream, b"GET /healthz HTTP/1.0\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidData, answer.clone());
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
+    let body = answer.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).ok_or_else(invalid)?;
+    Ok((status, body))
+}
+
 /// One UDP request: the answer.
 fn udp(address: &str) -> std::io::Result<String> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;
@@ -514,5 +528,26 @@ fn external_traffic_policy_local_keeps_the_client_address_and_uses_this_nodes_en
         set_endpoints_on(&client, "local", &[(2, true, Some("elsewhere"))]).await;
         eventually("outside traffic is dropped", || from_outside(1).iter().all(|a| matches!(a, Err(e) if e.kind() == std::io::ErrorKind::TimedOut))).await;
         assert_eq!(answering(10, || tcp(&address)), names(&[2]));
+    });
+}
+
+#[test]
+fn local_load_balancers_answer_health_checks_with_this_nodes_ready_endpoints() {
+    let Some(lab) = Lab::new(2) else { return };
+    run_on(&lab.node(), move || async move {
+        let server = Server::start_with_proxy(&["--node-name", "lab-node"]);
+        let client = server.client().await;
+        let service = create_service_with(&client, "lb", json!({ "type": "LoadBalancer", "externalTrafficPolicy": "Local" }), &[("http", 80, "TCP")]).await;
+        let port = service.spec.as_ref().and_then(|s| s.health_check_node_port).expect("a health check node port");
+        let health = format!("{NODE_IP}:{port}");
+        set_endpoints_on(&client, "lb", &[(1, true, Some("lab-node")), (2, true, Some("elsewhere"))]).await;
+        eventually("the node reports its one endpoint", || {
+            http_get(&health).is_ok_and(|(status, body)| status == 200 && body["localEndpoints"] == 1 && body["service"]["name"] == "lb")
+        })
+        .await;
+        set_endpoints_on(&client, "lb", &[(2, true, Some("elsewhere"))]).await;
+        eventually("the node reports none", || http_get(&health).is_ok_and(|(status, body)| status == 503 && body["localEndpoints"] == 0)).await;
+        Api::<Service>::namespaced(client.clone(), "default").delete("lb", &DeleteParams::default()).await.expect("deleted");
+        eventually("the health check port closes", || matches!(http_get(&health), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)).await;
     });
 }

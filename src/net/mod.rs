@@ -13,6 +13,7 @@
 //! - [`services`]: one Service and its EndpointSlices → its chains and map elements.
 //! - [`proxier`]: the control loop over the shared informers.
 //! - [`conntrack`]: clearing UDP flows stuck on endpoints that are gone.
+//! - [`health`]: the health check node ports of `externalTrafficPolicy: Local` load balancers.
 //! - [`servicelb`]: gives LoadBalancer Services the nodes' addresses (k3s's ServiceLB role).
 //! - [`bench`]: `rk bench proxy`, the cost of programming one Service among many.
 //! - [`dns`]: the cluster DNS (kube-dns/CoreDNS's role).
@@ -31,6 +32,7 @@
 pub mod bench;
 pub mod conntrack;
 pub mod dns;
+pub mod health;
 pub mod hostgw;
 pub mod ingress;
 pub mod ipam;

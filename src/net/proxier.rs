@@ -6,6 +6,7 @@
 //! restart removes whatever no Service wants any more.
 
 use super::conntrack::{self, UdpPort};
+use super::health::{HealthCheck, HealthChecks};
 use super::model::{Existing, Key, Map, Ruleset, Tables};
 use super::netlink::{Error as NetlinkError, Nfnetlink};
 use super::nft::Batch;
@@ -52,6 +53,15 @@ struct State {
     in_sync: bool,
     /// Each Service's UDP ports as last cleared for, by Service key.
     udp: HashMap<String, BTreeMap<String, UdpPort>>,
+    health: HealthChecks,
+}
+
+/// What one Service asks of this node.
+#[derive(Default)]
+struct Wanted {
+    rules: Ruleset,
+    udp: BTreeMap<String, UdpPort>,
+    health: Option<HealthCheck>,
 }
 
 pub struct Proxier {
@@ -72,18 +82,19 @@ impl Proxier {
         tables: Tables,
         queue: Arc<WorkQueue>,
     ) -> Self {
-        let state = State { netlink, programmed: HashMap::new(), owners: HashMap::new(), waiting: HashMap::new(), in_sync: false, udp: HashMap::new() };
+        let state = State { netlink, programmed: HashMap::new(), owners: HashMap::new(), waiting: HashMap::new(), in_sync: false, udp: HashMap::new(), health: HealthChecks::default() };
         Self { services, slices, context, tables, queue, state: tokio::sync::Mutex::new(state) }
     }
 
-    /// What the Service named `key` wants, less the map keys others hold, and its UDP ports.
-    fn wanted(&self, key: &str, state: &mut State) -> (Ruleset, BTreeMap<String, UdpPort>) {
+    /// What the Service named `key` wants (its rules less the map keys others hold).
+    fn wanted(&self, key: &str, state: &mut State) -> Wanted {
         let Some(service) = self.services.get(key) else { return Default::default() };
         let (namespace, name) = split_key(key);
         let slices = self.slices.filter(|s| {
             s.metadata.namespace.as_deref() == Some(namespace) && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
         });
         let udp = services::udp_ports(&service, &slices);
+        let health = services::health_check(&service, &slices, &self.context);
         let mut rules = services::service_rules(&service, &slices, &self.context);
         rules.elements.retain(|element, _| match state.owners.get(element) {
             Some(owner) if owner != key => {
@@ -93,7 +104,7 @@ impl Proxier {
             }
             _ => true,
         });
-        (rules, udp)
+        Wanted { rules, udp, health }
     }
 
     /// Records what `key` now has in the kernel; wakes Services waiting for keys it let go.
@@ -127,12 +138,16 @@ impl Proxier {
         let mut keys: Vec<String> = self.services.list().iter().map(|s| key_of(s.as_ref())).collect();
         keys.sort();
         for key in keys {
-            let (rules, udp) = self.wanted(&key, state);
+            let Wanted { rules, udp, health } = self.wanted(&key, state);
             self.record(&key, rules, state);
+            if let Err(e) = state.health.sync(&key, health) {
+                tracing::warn!(service = key, error = %e, "serving the Service's health check node port failed");
+            }
             if !udp.is_empty() {
                 state.udp.insert(key, udp);
             }
         }
+        state.health.retain(&self.services.list().iter().map(|s| key_of(s.as_ref())).collect());
         let mut batch = Batch::new(&self.tables.shared);
         self.tables.resync(&mut batch, &existing, state.programmed.iter().map(|(k, r)| (k.as_str(), r)));
         state.netlink.apply(batch.ops())?;
@@ -197,7 +212,7 @@ impl Reconciler for Proxier {
             }
             return Ok(Next::Done);
         }
-        let (wanted, udp) = self.wanted(key, state);
+        let Wanted { rules: wanted, udp, health } = self.wanted(key, state);
         let old = state.programmed.get(key).cloned().unwrap_or_default();
         if wanted != old {
             let mut batch = Batch::new(&self.tables.shared);
@@ -220,6 +235,10 @@ impl Reconciler for Proxier {
         }
         if !udp.is_empty() {
             state.udp.insert(key.to_owned(), udp);
+        }
+        if let Err(e) = state.health.sync(key, health) {
+            tracing::warn!(service = key, error = %e, "serving the Service's health check node port failed; retrying");
+            return Err(e.into());
         }
         Ok(Next::Done)
     }

@@ -7,6 +7,7 @@ use super::model::{Chain, Key, MARK_FOR_MASQUERADE, Map, Protocol, REJECT_CHAIN,
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use super::conntrack::UdpPort;
+use super::health::HealthCheck;
 use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -155,6 +156,24 @@ pub fn udp_ports(service: &Service, slices: &[impl Borrow<EndpointSlice>]) -> BT
             (p.id, UdpPort { addresses: addresses.clone(), port: p.port, node_port: p.node_port, serving })
         })
         .collect()
+}
+
+/// The health check a LoadBalancer Service with `externalTrafficPolicy:
+/// Local` asks this node for: its port, and its ready endpoints on this node.
+pub fn health_check(service: &Service, slices: &[impl Borrow<EndpointSlice>], ctx: &Context) -> Option<HealthCheck> {
+    let spec = service.spec.as_ref()?;
+    if spec.type_.as_deref() != Some("LoadBalancer") || spec.external_traffic_policy.as_deref() != Some("Local") {
+        return None;
+    }
+    let port = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)?;
+    let node = ctx.node_name.as_deref();
+    let local: BTreeSet<&str> = slices
+        .iter()
+        .flat_map(|s| &s.borrow().endpoints)
+        .filter(|e| node.is_some() && e.node_name.as_deref() == node && e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| e.addresses.iter().map(String::as_str))
+        .collect();
+    Some(HealthCheck { port, local_endpoints: local.len() })
 }
 
 /// The rules for one Service (empty for headless and ExternalName ones).
@@ -395,6 +414,23 @@ mod tests {
         assert_eq!(rules.chains["ext/ns/web/tcp/80"].rules.last(), Some(&Rule::Drop));
         assert!(!rules.chains.contains_key("local/ns/web/tcp/80"));
         assert_eq!(rules.elements[&cluster_ip], service_chain);
+    }
+
+    #[test]
+    fn local_load_balancers_ask_for_a_health_check_counting_this_nodes_ready_endpoints() {
+        let mut svc = service(vec![("http", 80, "TCP", Some(30080)), ("https", 443, "TCP", Some(30443))]);
+        let spec = svc.spec.as_mut().unwrap();
+        (spec.type_, spec.external_traffic_policy, spec.health_check_node_port) = (Some("LoadBalancer".into()), Some("Local".into()), Some(31999));
+        let mut slices = [slice(
+            vec![("http", 8080, "TCP"), ("https", 8443, "TCP")],
+            vec![("10.42.0.2", Some(true), None, None), ("10.42.0.3", Some(false), Some(true), Some(true)), ("10.42.1.2", Some(true), None, None)],
+        )];
+        for (endpoint, node) in slices[0].endpoints.iter_mut().zip(["here", "here", "there"]) {
+            endpoint.node_name = Some(node.into());
+        }
+        assert_eq!(health_check(&svc, &slices, &ctx()), Some(HealthCheck { port: 31999, local_endpoints: 1 }), "one address, not one per port; ready only");
+        svc.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".into());
+        assert_eq!(health_check(&svc, &slices, &ctx()), None);
     }
 
     #[test]
