@@ -31,7 +31,7 @@ bench-pods:
 # IP, with wrk (needs root, Docker, the test images and Debian's wrk).
 bench-service:
 	bash tools/test-images.sh
-	command -v wrk >/dev/null || apt-get install -y -qq wrk
+	command -v wrk >/dev/null || apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(CARGO) run --release -- bench service
 
 # Pods scheduled per second on 1000 fake nodes.

@@ -142,7 +142,9 @@ fn endpoints_of(tuple: &[Tuple]) -> Option<(SocketAddrV4, SocketAddrV4)> {
             _ => {}
         }
     }
-    udp.then_some(())?;
+    if !udp {
+        return None;
+    }
     Some((SocketAddrV4::new(source?, source_port?), SocketAddrV4::new(destination?, destination_port?)))
 }
 

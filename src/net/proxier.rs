@@ -3,7 +3,9 @@
 //! programmed as the difference from what that Service had, in one nf_tables
 //! transaction. The first reconcile (and any after a failed transaction)
 //! rebuilds the whole table from the cache against what the kernel lists, so a
-//! restart removes whatever no Service wants any more.
+//! restart removes whatever no Service wants any more. After its rules, a
+//! Service's stale UDP flows are cleared ([`conntrack`](super::conntrack)) and
+//! its health check node port kept ([`health`](super::health)).
 
 use super::conntrack::{self, UdpPort};
 use super::health::{HealthCheck, HealthChecks};
@@ -137,6 +139,7 @@ impl Proxier {
         state.udp.clear();
         let mut keys: Vec<String> = self.services.list().iter().map(|s| key_of(s.as_ref())).collect();
         keys.sort();
+        state.health.retain(&keys.iter().cloned().collect());
         for key in keys {
             let Wanted { rules, udp, health } = self.wanted(&key, state);
             self.record(&key, rules, state);
@@ -147,7 +150,6 @@ impl Proxier {
                 state.udp.insert(key, udp);
             }
         }
-        state.health.retain(&self.services.list().iter().map(|s| key_of(s.as_ref())).collect());
         let mut batch = Batch::new(&self.tables.shared);
         self.tables.resync(&mut batch, &existing, state.programmed.iter().map(|(k, r)| (k.as_str(), r)));
         state.netlink.apply(batch.ops())?;
