@@ -114,6 +114,9 @@ enum BenchWhat {
         /// wrk's threads
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Times each target is measured (in turns); medians are reported
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Pod start latency (create -> Running) on the embedded node agent, next to `docker run -d` (needs Docker and tools/test-images.sh)
     Pods {
@@ -266,8 +269,8 @@ fn main() {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
-            Command::Bench(BenchArgs { what: Some(BenchWhat::Service { seconds, connections, threads }), .. }) => {
-                rk::bench::service::run(rk::bench::service::ServiceBenchOptions { seconds, connections, threads })
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Service { seconds, connections, threads, rounds }), .. }) => {
+                rk::bench::service::run(rk::bench::service::ServiceBenchOptions { seconds, connections, threads, rounds })
             }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Scheduler { nodes, pods, creators }), .. }) => {
                 rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes, pods, creators }).await

@@ -45,6 +45,8 @@ pub struct ServiceBenchOptions {
     pub seconds: u64,
     pub connections: usize,
     pub threads: usize,
+    /// Times every target is measured; the figures are medians.
+    pub rounds: usize,
 }
 
 /// What one wrk run measured.
@@ -292,20 +294,29 @@ async fn measure(client: &kube::Client, node: &str, options: &ServiceBenchOption
 
     let script = tempfile::Builder::new().suffix(".lua").tempfile()?;
     std::fs::write(script.path(), WRK_REPORT)?;
-    let mut figures = Vec::new();
-    for (what, address) in &targets {
-        let url = format!("http://{address}/");
-        wrk(&url, 1, options, script.path())?; // warm-up: ARP, conntrack, the pods' page cache
-        figures.push((what, address, wrk(&url, options.seconds, options, script.path())?));
+    for (_, address) in &targets {
+        wrk(&format!("http://{address}/"), 1, options, script.path())?; // warm-up: ARP, conntrack, the pods' page cache
     }
+    // Rounds over every target in turn, so a burst of load from elsewhere on
+    // the machine does not land on one target only; each figure is a median.
+    let mut runs: Vec<Vec<WrkFigures>> = vec![Vec::new(); targets.len()];
+    for _ in 0..options.rounds.max(1) {
+        for ((_, address), runs) in targets.iter().zip(&mut runs) {
+            runs.push(wrk(&format!("http://{address}/"), options.seconds, options, script.path())?);
+        }
+    }
+    let figures: Vec<WrkFigures> = runs.iter().map(|r| median(r)).collect();
 
     println!(
-        "rk bench service: wrk ({} threads, {} connections, {} s per target) on the node, against pods of {IMAGE} (busybox httpd, one connection per request): one pod directly, through a ClusterIP Service of that pod alone, and through a NodePort Service of {REPLICAS} pods",
-        options.threads, options.connections, options.seconds
+        "rk bench service: wrk ({} threads, {} connections, {} s per target, median of {} rounds) on the node, against pods of {IMAGE} (busybox httpd, one connection per request): one pod directly, through a ClusterIP Service of that pod alone, and through a NodePort Service of {REPLICAS} pods",
+        options.threads,
+        options.connections,
+        options.seconds,
+        options.rounds.max(1)
     );
     println!("{:<26} {:<22} {:>11} {:>10} {:>10} {:>7} {:>9} {:>9}", "target", "address", "requests/s", "p50", "p99", "errors", "req/s vs", "p50 vs");
-    let direct = figures[0].2.clone();
-    for (what, address, f) in &figures {
+    let direct = figures[0].clone();
+    for ((what, address), f) in targets.iter().zip(&figures) {
         println!(
             "{what:<26} {address:<22} {:>11.0} {:>10} {:>10} {:>7} {:>8.2}x {:>8.2}x",
             f.requests_per_second,
@@ -317,6 +328,20 @@ async fn measure(client: &kube::Client, node: &str, options: &ServiceBenchOption
         );
     }
     Ok(())
+}
+
+/// The median of each figure over `runs` (not empty), and all their errors.
+fn median(runs: &[WrkFigures]) -> WrkFigures {
+    fn middle<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values[values.len() / 2]
+    }
+    WrkFigures {
+        requests_per_second: middle(runs.iter().map(|r| r.requests_per_second).collect()),
+        p50: middle(runs.iter().map(|r| r.p50).collect()),
+        p99: middle(runs.iter().map(|r| r.p99).collect()),
+        errors: runs.iter().map(|r| r.errors).sum(),
+    }
 }
 
 /// Puts the pod at `pod_ip` alone behind a ClusterIP Service; that Service's cluster IP.
@@ -364,6 +389,13 @@ mod tests {
                       rk-wrk-report requests=2000 duration_us=2000000 p50_us=1102 p99_us=7762 connect=1 read=0 write=0 status=2 timeout=3\n";
         let figures = parse_wrk(output).unwrap();
         assert_eq!(figures, WrkFigures { requests_per_second: 1000.0, p50: Duration::from_micros(1102), p99: Duration::from_micros(7762), errors: 6 });
+    }
+
+    #[test]
+    fn rounds_give_the_median_of_each_figure_and_every_error() {
+        let run = |rate: f64, p50: u64, p99: u64, errors: u64| WrkFigures { requests_per_second: rate, p50: Duration::from_micros(p50), p99: Duration::from_micros(p99), errors };
+        let runs = [run(900.0, 30, 900, 1), run(1000.0, 10, 100, 0), run(1100.0, 20, 300, 2)];
+        assert_eq!(median(&runs), run(1000.0, 20, 300, 3));
     }
 
     #[test]
