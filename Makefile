@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench bench-pods bench-scheduler bench-deployment clean
+.PHONY: build run test lint bench bench-pods bench-scheduler bench-deployment bench-service clean
 
 build:
 	$(CARGO) build --release
@@ -26,6 +26,13 @@ bench:
 bench-pods:
 	bash tools/test-images.sh
 	$(CARGO) run --release -- bench pods
+
+# HTTP requests/s and latency through a ClusterIP and a NodePort next to a pod
+# IP, with wrk (needs root, Docker, the test images and Debian's wrk).
+bench-service:
+	bash tools/test-images.sh
+	command -v wrk >/dev/null || apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(CARGO) run --release -- bench service
 
 # Pods scheduled per second on 1000 fake nodes.
 bench-scheduler:

@@ -9,9 +9,10 @@
 pub mod deployment;
 pub mod pods;
 pub mod scheduler;
+pub mod service;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -46,13 +47,20 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Starts `rk server` on loopback with `args` (e.g. `--disable-agent`) on a fresh data directory.
+/// Starts `rk server` on loopback with `args` (e.g. `--disable-agent`) on a
+/// fresh data directory, without its service proxy (the host's nf_tables stay untouched).
 pub(crate) fn start_server(args: &[&str]) -> Result<(ServerProcess, Duration), Error> {
+    start_server_with_proxy(&[&["--disable-proxy"], args].concat())
+}
+
+/// Starts `rk server` like [`start_server`], with its service proxy: it
+/// programs the nf_tables of the network namespace the calling thread is in.
+pub(crate) fn start_server_with_proxy(args: &[&str]) -> Result<(ServerProcess, Duration), Error> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     let started = Instant::now();
     let child = Command::new(std::env::current_exe()?)
-        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--disable-proxy"])
+        .args(["server", "--bind-address", "127.0.0.1", "--https-listen-port", "0"])
         .args(args)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -75,6 +83,16 @@ pub(crate) fn start_server(args: &[&str]) -> Result<(ServerProcess, Duration), E
 pub(crate) async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
     let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(kubeconfig)?, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// Waits until the server's node agent has reported node `node` Ready.
+pub(crate) async fn wait_node_ready(client: &kube::Client, node: &str) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let ready = kube::runtime::wait::await_condition(nodes, node, |n: Option<&Node>| {
+        n.and_then(|n| n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")).is_some_and(|c| c.status == "True")
+    });
+    tokio::time::timeout(Duration::from_secs(60), ready).await.map_err(|_| "the node did not become Ready within 60s")??;
+    Ok(())
 }
 
 /// Resident memory of a process, in MiB.

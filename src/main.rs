@@ -103,6 +103,21 @@ enum BenchWhat {
         #[arg(long, default_value_t = 50)]
         samples: u32,
     },
+    /// HTTP requests/s and latency through a ClusterIP and a NodePort next to a pod IP, with wrk (root, Docker, tools/test-images.sh, `apt-get install wrk`)
+    Service {
+        /// Seconds wrk runs against each target
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections wrk keeps open
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// wrk's threads
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Times each target is measured (in turns); medians are reported
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Pod start latency (create -> Running) on the embedded node agent, next to `docker run -d` (needs Docker and tools/test-images.sh)
     Pods {
         /// Pods to start
@@ -267,6 +282,9 @@ fn main() {
                 rk::bench::pods::run(rk::bench::pods::PodBenchOptions { pods, image }).await
             }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Proxy { services, samples }), .. }) => rk::net::bench::run(&services, samples),
+            Command::Bench(BenchArgs { what: Some(BenchWhat::Service { seconds, connections, threads, rounds }), .. }) => {
+                rk::bench::service::run(rk::bench::service::ServiceBenchOptions { seconds, connections, threads, rounds })
+            }
             Command::Bench(BenchArgs { what: Some(BenchWhat::Scheduler { nodes, pods, creators }), .. }) => {
                 rk::bench::scheduler::run(rk::bench::scheduler::SchedulerBenchOptions { nodes, pods, creators }).await
             }
@@ -299,7 +317,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), server::Error> {
         credentials,
         agent: agent_config(&node_name, data_dir, args.cluster_cidr, args.service_cidr, args.disable_pod_network),
         endpoint_port: args.kubelet_port,
-        proxy: (!args.disable_proxy).then_some(rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr }),
+        proxy: (!args.disable_proxy).then(|| rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr, node_name: node_name.clone() }),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
@@ -323,6 +341,7 @@ fn print_token(args: TokenArgs) -> Result<(), server::Error> {
 
 fn server_config(args: ServerArgs) -> ServerConfig {
     let data_dir = args.data_dir.unwrap_or_else(server::default_data_dir);
+    let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
     let ranges = rk::api::allocator::Ranges { service_cidr: args.service_cidr, node_ports: args.service_node_port_range };
     let dns = rk::net::dns::DnsOptions {
         enabled: !args.disable_dns,
@@ -351,12 +370,11 @@ fn server_config(args: ServerArgs) -> ServerConfig {
         fake_nodes: args.fake_nodes,
         service_ranges: ranges.clone(),
         agent: (!args.disable_agent).then(|| {
-            let node_name = args.node_name.unwrap_or_else(rk::node::host::hostname);
             let mut agent = agent_config(&node_name, data_dir.clone(), args.cluster_cidr, args.service_cidr, args.disable_pod_network);
             agent.dns = dns.pod_dns();
             agent
         }),
-        proxy: !args.disable_proxy,
+        proxy: (!args.disable_proxy).then(|| rk::net::ProxyOptions { cluster_cidr: args.cluster_cidr, node_name: node_name.clone() }),
         dns,
         ingress: rk::net::ingress::IngressOptions { enabled: !args.disable_ingress, http: args.ingress_http, https: args.ingress_https },
         kubelet_port: args.kubelet_port,

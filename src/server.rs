@@ -33,7 +33,7 @@ pub struct ServerConfig {
     /// The embedded node agent for this machine; `None` runs no agent.
     pub agent: Option<crate::node::AgentConfig>,
     /// Run the service proxy (nf_tables rules for Services) on this host.
-    pub proxy: bool,
+    pub proxy: Option<crate::net::ProxyOptions>,
     /// The cluster DNS.
     pub dns: crate::net::dns::DnsOptions,
     /// The ingress proxy.
@@ -124,8 +124,7 @@ pub async fn start(config: &ServerConfig) -> Result<Running, Error> {
     crate::controllers::start(&controllers, &mut tasks);
     let scheduler_client = crate::client::in_process(app.clone(), Identity::system("kube-scheduler"));
     tasks.spawn(crate::sched::run(crate::sched::Profile::default(), controllers.informers.clone(), scheduler_client, shutdown.clone()));
-    if config.proxy {
-        let options = crate::net::ProxyOptions { cluster_cidr: config.controllers.cluster_cidr };
+    if let Some(options) = config.proxy.clone() {
         tasks.spawn(crate::net::run(controllers.informers.clone(), options, shutdown.clone()));
         tasks.spawn(crate::net::servicelb::run(controllers.clone()));
     }

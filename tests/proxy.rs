@@ -172,6 +172,20 @@ fn tcp(address: &str) -> std::io::Result<String> {
     Ok(answer.trim().to_owned())
 }
 
+/// One HTTP GET: the status and the JSON body.
+fn http_get(address: &str) -> std::io::Result<(u16, serde_json::Value)> {
+    let address: SocketAddr = address.parse().expect("socket address");
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    std::io::Write::write_all(&mut stream, b"GET /healthz HTTP/1.0\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidData, answer.clone());
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
+    let body = answer.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).ok_or_else(invalid)?;
+    Ok((status, body))
+}
+
 /// One UDP request: the answer.
 fn udp(address: &str) -> std::io::Result<String> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;
@@ -183,6 +197,26 @@ fn udp(address: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
 }
 
+/// A UDP client that keeps one socket, so all its requests are one conntrack flow.
+struct UdpClient(UdpSocket);
+
+impl UdpClient {
+    fn connect(address: &str) -> UdpClient {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("UDP socket");
+        socket.connect(address).expect("connect");
+        socket.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+        UdpClient(socket)
+    }
+
+    /// One request on the socket: the answer.
+    fn ask(&self) -> std::io::Result<String> {
+        self.0.send(b"hello")?;
+        let mut buffer = [0u8; 200];
+        let n = self.0.recv(&mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    }
+}
+
 /// The pod names that answered `count` requests (answers are "<pod> <client>").
 fn answering(count: usize, request: impl Fn() -> std::io::Result<String>) -> BTreeSet<String> {
     (0..count).filter_map(|_| request().ok()).filter_map(|a| a.split_whitespace().next().map(str::to_owned)).collect()
@@ -192,13 +226,18 @@ fn names(pods: &[usize]) -> BTreeSet<String> {
     pods.iter().map(|i| format!("pod{i}")).collect()
 }
 
-/// A selector-less Service (`ports`: name, port, protocol, target port).
+/// A selector-less Service (`ports`: name, port, protocol).
 async fn create_service(client: &kube::Client, name: &str, kind: &str, ports: &[(&str, i32, &str)]) -> Service {
-    let ports: Vec<_> = ports.iter().map(|(n, p, proto)| json!({ "name": n, "port": p, "protocol": proto })).collect();
+    create_service_with(client, name, json!({ "type": kind }), ports).await
+}
+
+/// A selector-less Service with more of its `spec` given.
+async fn create_service_with(client: &kube::Client, name: &str, mut spec: serde_json::Value, ports: &[(&str, i32, &str)]) -> Service {
+    spec["ports"] = ports.iter().map(|(n, p, proto)| json!({ "name": n, "port": p, "protocol": proto })).collect();
     let service: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": { "name": name, "namespace": "default" },
-        "spec": { "type": kind, "ports": ports },
+        "spec": spec,
     }))
     .expect("service");
     Api::<Service>::namespaced(client.clone(), "default").create(&PostParams::default(), &service).await.expect("service created")
@@ -206,9 +245,15 @@ async fn create_service(client: &kube::Client, name: &str, kind: &str, ports: &[
 
 /// Our own EndpointSlice for Service `name`: `(pod, ready)` endpoints, ports http→8080/TCP and dns→5353/UDP.
 async fn set_endpoints(client: &kube::Client, name: &str, endpoints: &[(usize, bool)]) {
+    let endpoints: Vec<_> = endpoints.iter().map(|(i, ready)| (*i, *ready, None)).collect();
+    set_endpoints_on(client, name, &endpoints).await;
+}
+
+/// [`set_endpoints`] with the node of each endpoint: `(pod, ready, node)`.
+async fn set_endpoints_on(client: &kube::Client, name: &str, endpoints: &[(usize, bool, Option<&str>)]) {
     let endpoints: Vec<_> = endpoints
         .iter()
-        .map(|(i, ready)| json!({ "addresses": [pod_ip(*i)], "conditions": { "ready": ready, "serving": ready, "terminating": false } }))
+        .map(|(i, ready, node)| json!({ "addresses": [pod_ip(*i)], "nodeName": node, "conditions": { "ready": ready, "serving": ready, "terminating": false } }))
         .collect();
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -410,5 +455,99 @@ fn a_restarted_server_rebuilds_the_rules_and_drops_stale_ones() {
         assert!(rk_chains().iter().any(|c| c.starts_with("svc/default/kept/")), "{:?}", rk_chains());
         assert_eq!(answering(10, || tcp(&kept)), names(&[1]));
         assert!(tcp(&dropped).is_err());
+    });
+}
+
+#[test]
+fn a_udp_flow_leaves_an_endpoint_removed_from_the_service() {
+    let Some(lab) = Lab::new(2) else { return };
+    run_on(&lab.node(), move || async move {
+        let server = Server::start_with_proxy(&[]);
+        let client = server.client().await;
+        let dns = format!("{}:53", cluster_ip(&create_service(&client, "dns", "ClusterIP", &[("dns", 53, "UDP")]).await));
+        set_endpoints(&client, "dns", &[(1, true)]).await;
+        eventually("the Service answers over UDP", || udp(&dns).is_ok_and(|a| a.starts_with("pod1 "))).await;
+        let flow = UdpClient::connect(&dns);
+        eventually("the client's flow reaches pod1", || flow.ask().is_ok_and(|a| a.starts_with("pod1 "))).await;
+
+        // pod1 still answers; only its conntrack entry ties the flow to it.
+        set_endpoints(&client, "dns", &[(2, true)]).await;
+        eventually("the client's flow moves to pod2", || flow.ask().is_ok_and(|a| a.starts_with("pod2 "))).await;
+        assert!(flow.ask().is_ok_and(|a| a.starts_with("pod2 ")));
+    });
+}
+
+#[test]
+fn a_udp_flow_started_before_the_service_had_endpoints_reaches_them_once_it_has() {
+    let Some(lab) = Lab::new(1) else { return };
+    run_on(&lab.node(), move || async move {
+        let server = Server::start_with_proxy(&[]);
+        let client = server.client().await;
+        let vip: std::net::SocketAddrV4 = "10.43.200.53:53".parse().unwrap();
+        // Sent while no rule knows the address: conntrack records the flow
+        // without NAT (routed toward the outside host, which does not answer).
+        let flow = UdpClient::connect(&vip.to_string());
+        for _ in 0..3 {
+            assert!(flow.ask().is_err());
+        }
+        let mut netlink = rk::net::netlink::Nfnetlink::open().expect("netfilter netlink");
+        let flows = rk::net::conntrack::udp_flows(&mut netlink).expect("conntrack dump");
+        assert!(flows.iter().any(|f| f.destination == vip && f.reply_source == vip), "an un-NATed flow to {vip}: {flows:?}");
+
+        create_service_with(&client, "late", json!({ "type": "ClusterIP", "clusterIP": vip.ip().to_string() }), &[("dns", 53, "UDP")]).await;
+        set_endpoints(&client, "late", &[(1, true)]).await;
+        eventually("the client's flow reaches the endpoint", || flow.ask().is_ok_and(|a| a.starts_with("pod1 "))).await;
+    });
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_uses_this_nodes_endpoints() {
+    let Some(lab) = Lab::new(2) else { return };
+    let outside = lab.outside();
+    run_on(&lab.node(), move || async move {
+        let server = Server::start_with_proxy(&["--node-name", "lab-node"]);
+        let client = server.client().await;
+        let service = create_service_with(&client, "local", json!({ "type": "NodePort", "externalTrafficPolicy": "Local" }), &[("http", 80, "TCP")]).await;
+        let node_port = service.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p[0].node_port).expect("node port");
+        set_endpoints_on(&client, "local", &[(1, true, Some("lab-node")), (2, true, Some("elsewhere"))]).await;
+        let address = format!("{NODE_IP}:{node_port}");
+        let from_outside = |count: usize| {
+            let (outside, address) = (outside.clone(), address.clone());
+            on(&outside, move || (0..count).map(|_| tcp(&address)).collect::<Vec<_>>())
+        };
+
+        let unmasqueraded = format!("pod1 {OUTSIDE_IP}");
+        eventually("outside clients reach only this node's endpoint, which sees their address", || {
+            from_outside(20).iter().all(|a| a.as_ref().is_ok_and(|a| *a == unmasqueraded))
+        })
+        .await;
+        // The node itself reaches every endpoint, as through the cluster IP.
+        assert_eq!(answering(40, || tcp(&address)), names(&[1, 2]));
+
+        // No endpoint on this node: outside traffic is dropped, the node's own still served.
+        set_endpoints_on(&client, "local", &[(2, true, Some("elsewhere"))]).await;
+        eventually("outside traffic is dropped", || from_outside(1).iter().all(|a| matches!(a, Err(e) if e.kind() == std::io::ErrorKind::TimedOut))).await;
+        assert_eq!(answering(10, || tcp(&address)), names(&[2]));
+    });
+}
+
+#[test]
+fn local_load_balancers_answer_health_checks_with_this_nodes_ready_endpoints() {
+    let Some(lab) = Lab::new(2) else { return };
+    run_on(&lab.node(), move || async move {
+        let server = Server::start_with_proxy(&["--node-name", "lab-node"]);
+        let client = server.client().await;
+        let service = create_service_with(&client, "lb", json!({ "type": "LoadBalancer", "externalTrafficPolicy": "Local" }), &[("http", 80, "TCP")]).await;
+        let port = service.spec.as_ref().and_then(|s| s.health_check_node_port).expect("a health check node port");
+        let health = format!("{NODE_IP}:{port}");
+        set_endpoints_on(&client, "lb", &[(1, true, Some("lab-node")), (2, true, Some("elsewhere"))]).await;
+        eventually("the node reports its one endpoint", || {
+            http_get(&health).is_ok_and(|(status, body)| status == 200 && body["localEndpoints"] == 1 && body["service"]["name"] == "lb")
+        })
+        .await;
+        set_endpoints_on(&client, "lb", &[(2, true, Some("elsewhere"))]).await;
+        eventually("the node reports none", || http_get(&health).is_ok_and(|(status, body)| status == 503 && body["localEndpoints"] == 0)).await;
+        Api::<Service>::namespaced(client.clone(), "default").delete("lb", &DeleteParams::default()).await.expect("deleted");
+        eventually("the health check port closes", || matches!(http_get(&health), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)).await;
     });
 }

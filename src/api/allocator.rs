@@ -156,6 +156,16 @@ fn wants_node_ports(svc: &Value) -> bool {
         && svc.pointer("/spec/allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false)
 }
 
+/// A LoadBalancer Service keeping external traffic on the node it arrives at
+/// needs a port where nodes answer whether they have endpoints of it.
+fn wants_health_check_port(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer") && svc.pointer("/spec/externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+}
+
+fn health_check_port_of(svc: &Value) -> Option<i64> {
+    svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_i64).filter(|p| *p != 0)
+}
+
 fn invalid(svc: &Value, field: &str, value: impl std::fmt::Debug, why: String) -> ApiError {
     ApiError::invalid("Service", "", svc.name(), &[FieldError::invalid(field, value, why)])
 }
@@ -207,18 +217,7 @@ pub async fn allocate(store: &SharedStorage, ranges: &Ranges, svc: &mut Value, o
                 out.push(port);
                 continue;
             }
-            let wanted = match requested {
-                Some(p) => Some(ranges.port_index(p).ok_or_else(|| {
-                    invalid(svc, "spec.ports[].nodePort", p, format!("provided port is not in the valid range. The range of valid ports is {}-{}", ranges.node_ports.0, ranges.node_ports.1))
-                })?),
-                None => None,
-            };
-            let size = ranges.port_slots();
-            let index = modify(store, NODE_PORTS_KEY, |map| {
-                take(map, wanted, 0, size).map_err(|_| invalid(svc, "spec.ports[].nodePort", requested.unwrap_or(0), "provided port is already allocated".into()))
-            })
-            .await;
-            let index = match index {
+            let index = match take_node_port(store, ranges, svc, requested, "spec.ports[].nodePort").await {
                 Ok(i) => i,
                 Err(e) => {
                     release(store, ranges, &taken).await;
@@ -231,7 +230,47 @@ pub async fn allocate(store: &SharedStorage, ranges: &Ranges, svc: &mut Value, o
         }
         svc["spec"]["ports"] = json!(out);
     }
+    let had_health_check = old.filter(|o| wants_health_check_port(o)).and_then(health_check_port_of);
+    let requested = health_check_port_of(svc);
+    if wants_health_check_port(svc) {
+        match (requested, had_health_check) {
+            (Some(r), Some(h)) if r == h => {}
+            // Kept when an update leaves it out, as upstream does.
+            (None, Some(h)) => svc["spec"]["healthCheckNodePort"] = json!(h),
+            _ => match take_node_port(store, ranges, svc, requested, "spec.healthCheckNodePort").await {
+                Ok(index) => {
+                    taken.ports.push(index);
+                    svc["spec"]["healthCheckNodePort"] = json!(i64::from(ranges.node_ports.0) + index as i64);
+                }
+                Err(e) => {
+                    release(store, ranges, &taken).await;
+                    return Err(e);
+                }
+            },
+        }
+    } else if let Some(port) = requested {
+        if had_health_check != Some(port) {
+            release(store, ranges, &taken).await;
+            return Err(invalid(svc, "spec.healthCheckNodePort", port, "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'".into()));
+        }
+        // No longer needed: given back with what the update drops.
+        if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("healthCheckNodePort");
+        }
+    }
     Ok(taken)
+}
+
+/// Takes node port `requested` (or a free one) from the range; its index.
+async fn take_node_port(store: &SharedStorage, ranges: &Ranges, svc: &Value, requested: Option<i64>, field: &str) -> ApiResult<usize> {
+    let wanted = match requested {
+        Some(p) => Some(ranges.port_index(p).ok_or_else(|| {
+            invalid(svc, field, p, format!("provided port is not in the valid range. The range of valid ports is {}-{}", ranges.node_ports.0, ranges.node_ports.1))
+        })?),
+        None => None,
+    };
+    let size = ranges.port_slots();
+    modify(store, NODE_PORTS_KEY, |map| take(map, wanted, 0, size).map_err(|_| invalid(svc, field, requested.unwrap_or(0), "provided port is already allocated".into()))).await
 }
 
 /// Gives back addresses taken for a write that did not happen.
@@ -254,7 +293,8 @@ pub async fn release(store: &SharedStorage, _ranges: &Ranges, taken: &Taken) {
 /// What a Service holds, to give back when it is deleted or changes type.
 pub fn held(ranges: &Ranges, svc: &Value) -> Taken {
     let ip = svc.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|ip| ranges.ip_index(ip));
-    Taken { ips: ip.into_iter().collect(), ports: node_ports_of(svc).into_iter().filter_map(|p| ranges.port_index(p)).collect() }
+    let ports = node_ports_of(svc).into_iter().chain(health_check_port_of(svc));
+    Taken { ips: ip.into_iter().collect(), ports: ports.filter_map(|p| ranges.port_index(p)).collect() }
 }
 
 /// What `old` held that `new` no longer does.
@@ -358,6 +398,38 @@ mod tests {
         let mut headless = service("ClusterIP", Some("None"), None);
         allocate(&store, &ranges, &mut headless, None).await.unwrap();
         assert_eq!(headless["spec"]["clusterIP"], "None");
+    }
+
+    #[tokio::test]
+    async fn local_load_balancers_get_a_health_check_node_port_given_back_when_no_longer_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ranges) = (store(&dir), Ranges::default());
+        let mut svc = service("LoadBalancer", None, None);
+        svc["spec"]["externalTrafficPolicy"] = json!("Local");
+        allocate(&store, &ranges, &mut svc, None).await.unwrap();
+        let health = svc["spec"]["healthCheckNodePort"].as_i64().expect("a health check node port");
+        assert!((30000..=32767).contains(&health) && health != svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap());
+        let mut clash = service("NodePort", None, Some(health));
+        assert!(allocate(&store, &ranges, &mut clash, None).await.is_err(), "the port is taken");
+
+        // An update that leaves it out keeps it.
+        let mut updated = svc.clone();
+        updated["spec"].as_object_mut().unwrap().remove("healthCheckNodePort");
+        allocate(&store, &ranges, &mut updated, Some(&svc)).await.unwrap();
+        assert_eq!(updated["spec"]["healthCheckNodePort"], health);
+
+        // Cluster policy: dropped, and released with what the update drops.
+        let mut cluster = updated.clone();
+        cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        allocate(&store, &ranges, &mut cluster, Some(&updated)).await.unwrap();
+        assert!(cluster["spec"].get("healthCheckNodePort").is_none());
+        release(&store, &ranges, &dropped(&ranges, &updated, &cluster)).await;
+        let mut reuse = service("NodePort", None, Some(health));
+        allocate(&store, &ranges, &mut reuse, None).await.unwrap();
+
+        let mut not_local = service("NodePort", None, None);
+        not_local["spec"]["healthCheckNodePort"] = json!(31000);
+        assert_eq!(allocate(&store, &ranges, &mut not_local, None).await.unwrap_err().code, 422);
     }
 }
 

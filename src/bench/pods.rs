@@ -3,9 +3,9 @@
 //! next to what a plain `docker run -d` of the same image takes on the same
 //! engine. Needs Docker and the test images (tools/test-images.sh).
 
-use super::{Error, client, ms, percentile, start_server};
+use super::{Error, client, ms, percentile, start_server, wait_node_ready};
 use crate::node::docker::Runtime;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use std::process::Command;
@@ -71,11 +71,7 @@ pub async fn run(options: PodBenchOptions) -> Result<(), Error> {
 
 async fn measure(kubeconfig: &std::path::Path, node: &str, options: &PodBenchOptions) -> Result<(), Error> {
     let client = client(kubeconfig).await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let ready = await_condition(nodes, node, |n: Option<&Node>| {
-        n.and_then(|n| n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")).is_some_and(|c| c.status == "True")
-    });
-    tokio::time::timeout(Duration::from_secs(60), ready).await.map_err(|_| "the node did not become Ready")??;
+    wait_node_ready(&client, node).await?;
     let api: Api<Pod> = Api::namespaced(client, "default");
     // The first pod imports the sandbox image; it is not counted.
     start_one(&api, pod("warm-up", node, &options.image)?).await?;

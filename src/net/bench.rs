@@ -120,7 +120,7 @@ pub fn run(sizes: &[u32], samples: u32) -> Result<(), Error> {
             return Err(format!("a private network namespace is needed (run as root): {}", std::io::Error::last_os_error()));
         }
         let mut netlink = Nfnetlink::open().map_err(|e| e.to_string())?;
-        let ctx = Context { cluster_cidr: "10.42.0.0/16".parse().expect("valid CIDR") };
+        let ctx = Context { cluster_cidr: "10.42.0.0/16".parse().expect("valid CIDR"), node_name: None };
         println!("rk bench proxy: nf_tables transactions over netlink, in a private network namespace");
         for &n in &sizes {
             measure(&mut netlink, n, samples, &ctx).map_err(|e| e.to_string())?;

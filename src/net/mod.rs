@@ -12,6 +12,8 @@
 //! - [`model`]: rk's table as comparable values, and the transactions between them.
 //! - [`services`]: one Service and its EndpointSlices → its chains and map elements.
 //! - [`proxier`]: the control loop over the shared informers.
+//! - [`conntrack`]: clearing UDP flows stuck on endpoints that are gone.
+//! - [`health`]: the health check node ports of `externalTrafficPolicy: Local` load balancers.
 //! - [`servicelb`]: gives LoadBalancer Services the nodes' addresses (k3s's ServiceLB role).
 //! - [`bench`]: `rk bench proxy`, the cost of programming one Service among many.
 //! - [`dns`]: the cluster DNS (kube-dns/CoreDNS's role).
@@ -28,7 +30,9 @@
 //! plus two accept rules in Docker's `DOCKER-USER` chain (see [`podrules`]).
 
 pub mod bench;
+pub mod conntrack;
 pub mod dns;
+pub mod health;
 pub mod hostgw;
 pub mod ingress;
 pub mod ipam;
@@ -56,6 +60,8 @@ pub const TABLE: &str = "rk";
 pub struct ProxyOptions {
     /// The pod network (ClusterIP traffic from outside it is masqueraded).
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// This node's name (`externalTrafficPolicy: Local` picks endpoints on it).
+    pub node_name: String,
 }
 
 /// Runs the proxy until `shutdown`. Without nf_tables (or without the right to
@@ -76,7 +82,7 @@ pub async fn run(informers: Arc<Informers>, options: ProxyOptions, shutdown: Can
     let services = informers.get::<Service>();
     let slices = informers.get::<EndpointSlice>();
     let controller = Controller::new("service-proxy", 1).owns_kind(&services).watch(&slices, proxier::slice_keys);
-    let context = services::Context { cluster_cidr: options.cluster_cidr };
+    let context = services::Context { cluster_cidr: options.cluster_cidr, node_name: Some(options.node_name) };
     let proxier = proxier::Proxier::new(netlink, services, slices, context, model::Tables::new(TABLE), controller.queue());
     tracing::info!(table = TABLE, "service proxy programming nf_tables");
     controller.run(Arc::new(proxier), shutdown).await;

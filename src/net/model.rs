@@ -149,6 +149,12 @@ pub enum Rule {
     MasqueradeUnlessFrom(Ipv4Net),
     /// `ip saddr == ip jump mark-for-masquerade`: an endpoint reaching itself.
     MasqueradeIfFrom(Ipv4Addr),
+    /// `ip saddr net goto chain`.
+    GotoIfFrom(Ipv4Net, String),
+    /// `fib saddr type local jump chain`: traffic the node itself sends.
+    JumpIfFromNode(String),
+    /// `fib saddr type local goto chain`.
+    GotoIfFromNode(String),
     /// `ip saddr @set goto chain`: a client seen recently goes where it went.
     StickyGoto { set: String, chain: String },
     /// `numgen random mod size vmap @map`, a load-balancing map.
@@ -167,6 +173,7 @@ pub enum Rule {
     RejectTcpWithReset,
     /// `reject` (ICMP port unreachable).
     Reject,
+    Drop,
     /// Drops packets for 127.0.0.0/8 from elsewhere unless DNATed: with
     /// `route_localnet` on, nothing else would stop them (CVE-2020-8558).
     DropLocalnetMartians,
@@ -312,6 +319,15 @@ pub fn encode(rule: &Rule) -> Vec<Expr> {
             out
         }
         Rule::MasqueradeIfFrom(ip) => vec![saddr(), nft::cmp(Register::Reg1, Operator::Equal, ip.octets().to_vec()), mark(MARK_FOR_MASQUERADE)],
+        Rule::GotoIfFrom(net, chain) => {
+            let mut out = prefix(saddr(), *net, Operator::Equal);
+            out.push(nft::verdict(Action::Goto, Some(chain)));
+            out
+        }
+        Rule::JumpIfFromNode(chain) | Rule::GotoIfFromNode(chain) => {
+            let action = if matches!(rule, Rule::JumpIfFromNode(_)) { Action::Jump } else { Action::Goto };
+            vec![nft::fib_saddr_type(Register::Reg1), nft::cmp(Register::Reg1, Operator::Equal, u32_host(RTN_LOCAL)), nft::verdict(action, Some(chain))]
+        }
         Rule::StickyGoto { set, chain } => {
             vec![saddr(), nft::lookup(set, None, Register::Reg1, None), nft::verdict(Action::Goto, Some(chain))]
         }
@@ -344,6 +360,7 @@ pub fn encode(rule: &Rule) -> Vec<Expr> {
             nft::reject_tcp_reset(),
         ],
         Rule::Reject => vec![nft::reject_port_unreachable()],
+        Rule::Drop => vec![nft::verdict(Action::Drop, None)],
         Rule::DropLocalnetMartians => {
             let loopback: Ipv4Net = "127.0.0.0/8".parse().expect("valid prefix");
             let mut out = prefix(daddr(), loopback, Operator::Equal);

@@ -1,11 +1,13 @@
 //! The nfnetlink socket the proxy programs nf_tables through: each update is
 //! one batch (NFNL_MSG_BATCH_BEGIN … NFNL_MSG_BATCH_END) that the kernel applies
 //! as one transaction or not at all, and dumps read back what rk's table holds
-//! when the proxy starts. Messages are the `netlink-packet-netfilter` types.
+//! when the proxy starts. The same socket lists and deletes conntrack entries
+//! (ctnetlink). Messages are the `netlink-packet-netfilter` types.
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
+use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage};
 use netlink_packet_netfilter::nftables::{GenMessage, NfTablesMessage};
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
@@ -64,7 +66,8 @@ impl Nfnetlink {
         socket.set_cap_ack(true)?;
         set_timeout(&socket, RECEIVE_TIMEOUT)?;
         let mut nl = Self { socket, sequence: 0, send_buffer: 0 };
-        nl.request(NfTablesMessage::GetGen(GenMessage { attributes: Vec::new() }), NetfilterProtoFamily::Unspec, NLM_F_ACK)
+        let getgen = NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0), NfTablesMessage::GetGen(GenMessage { attributes: Vec::new() }));
+        nl.request(getgen, NLM_F_ACK, "GETGEN")
             .map_err(|e| match e {
                 Error::Refused { source, .. } | Error::Io(source) => Error::Unavailable(source),
                 other => other,
@@ -121,14 +124,27 @@ impl Nfnetlink {
 
     /// Lists objects: a GET request with NLM_F_DUMP, every reply until DONE.
     pub fn dump(&mut self, request: NfTablesMessage) -> Result<Vec<NfTablesMessage>, Error> {
-        self.request(request, NetfilterProtoFamily::IPv4, NLM_F_DUMP)
+        let replies = self.request(nftables(request), NLM_F_DUMP, "a dump")?;
+        Ok(replies.into_iter().filter_map(|m| if let NetfilterMessageInner::NfTables(m) = m { Some(m) } else { None }).collect())
+    }
+
+    /// Lists the IPv4 connections conntrack tracks (ctnetlink), each as its attributes.
+    pub fn dump_conntrack(&mut self) -> Result<Vec<Vec<ConntrackAttribute>>, Error> {
+        let request = NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), ConntrackMessage::Get(Vec::new()));
+        let replies = self.request(request, NLM_F_DUMP, "a conntrack dump")?;
+        Ok(replies.into_iter().filter_map(|m| if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(a)) = m { Some(a) } else { None }).collect())
+    }
+
+    /// Deletes the IPv4 connection `attributes` name (its original tuple, and zone if any).
+    pub fn delete_conntrack(&mut self, attributes: Vec<ConntrackAttribute>) -> Result<(), Error> {
+        let request = NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), ConntrackMessage::Delete(attributes));
+        self.request(request, NLM_F_ACK, "deleting a conntrack entry").map(drop)
     }
 
     /// Sends one request and collects the replies until DONE or the ack.
-    fn request(&mut self, request: NfTablesMessage, family: NetfilterProtoFamily, flags: u16) -> Result<Vec<NfTablesMessage>, Error> {
+    fn request(&mut self, message: NetfilterMessage, flags: u16, what: &str) -> Result<Vec<NetfilterMessageInner>, Error> {
         let sequence = self.next_sequence();
         let mut buffer = Vec::new();
-        let message = NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), request);
         push(&mut buffer, message, NLM_F_REQUEST | flags, sequence);
         self.socket.send(&buffer, 0)?;
         let mut out = Vec::new();
@@ -143,11 +159,11 @@ impl Nfnetlink {
                     NetlinkPayload::Done(_) => return Ok(out),
                     NetlinkPayload::Error(e) => {
                         return match e.code {
-                            Some(code) => Err(Error::Refused { what: "a dump".into(), source: io::Error::from_raw_os_error(-code.get()) }),
+                            Some(code) => Err(Error::Refused { what: what.to_owned(), source: io::Error::from_raw_os_error(-code.get()) }),
                             None => Ok(out),
                         };
                     }
-                    NetlinkPayload::InnerMessage(NetfilterMessage { inner: NetfilterMessageInner::NfTables(m), .. }) => out.push(m),
+                    NetlinkPayload::InnerMessage(m) => out.push(m.inner),
                     _ => {}
                 }
             }

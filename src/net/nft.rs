@@ -142,6 +142,12 @@ pub fn fib_daddr_type(dreg: Register) -> Expr {
     raw("fib", vec![be32(1, reg(dreg)), be32(2, 3), be32(3, 2)])
 }
 
+/// `fib saddr type` into `dreg` (an `RTN_*` value, host byte order).
+pub fn fib_saddr_type(dreg: Register) -> Expr {
+    // NFTA_FIB_DREG, NFTA_FIB_RESULT = NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_FLAGS = NFTA_FIB_F_SADDR
+    raw("fib", vec![be32(1, reg(dreg)), be32(2, 3), be32(3, 1)])
+}
+
 /// `numgen random mod modulus` into `dreg` (host byte order).
 pub fn numgen_random(modulus: u32, dreg: Register) -> Expr {
     // NFTA_NG_DREG, NFTA_NG_MODULUS, NFTA_NG_TYPE = NFT_NG_RANDOM

@@ -130,6 +130,10 @@ pub fn ensure(netlink: &mut Nfnetlink, ranges: &Ranges) -> Result<Installed, Err
         installed.masquerade = true;
     }
 
+    // A rule dump of a missing table or chain is empty rather than refused.
+    if !super::proxier::list_chains(netlink, DOCKER_TABLE)?.contains(DOCKER_USER) {
+        return Ok(installed);
+    }
     let Some(current) = commented_rules(netlink, DOCKER_TABLE, DOCKER_USER)? else { return Ok(installed) };
     installed.docker_present = true;
     let rules = docker_user_rules(ranges.cluster_cidr);

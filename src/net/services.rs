@@ -6,9 +6,11 @@
 use super::model::{Chain, Key, MARK_FOR_MASQUERADE, Map, Protocol, REJECT_CHAIN, Rule, Ruleset};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use super::conntrack::UdpPort;
+use super::health::HealthCheck;
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use std::borrow::Borrow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 /// The label tying an EndpointSlice to its Service.
@@ -23,12 +25,9 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-/// The endpoints of one Service port: ready ones; when none is ready, those
-/// still serving while terminating (upstream's fallback).
-pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> Vec<Endpoint> {
+/// Each endpoint of one Service port, with its conditions and node.
+fn each_endpoint(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str, mut f: impl FnMut(Endpoint, &EndpointConditions, Option<&str>)) {
     let name = port.name.as_deref().unwrap_or("");
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
     for slice in slices.iter().map(Borrow::borrow).filter(|s| s.address_type == "IPv4") {
         let Some(target) = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == name && p.protocol.as_deref().unwrap_or("TCP") == protocol
@@ -39,16 +38,45 @@ pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, prot
         for endpoint in &slice.endpoints {
             let conditions = endpoint.conditions.clone().unwrap_or_default();
             for address in endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
-                let e = Endpoint { address, port: target };
-                if conditions.ready != Some(false) {
-                    ready.insert(e);
-                } else if conditions.serving == Some(true) && conditions.terminating == Some(true) {
-                    terminating.insert(e);
-                }
+                f(Endpoint { address, port: target }, &conditions, endpoint.node_name.as_deref());
             }
         }
     }
+}
+
+/// The endpoints of one Service port: ready ones; when none is ready, those
+/// still serving while terminating (upstream's fallback).
+pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> Vec<Endpoint> {
+    endpoints_on(slices, port, protocol, |_| true)
+}
+
+/// [`endpoints`] among those on the nodes `on` accepts (by `nodeName`).
+fn endpoints_on(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str, on: impl Fn(Option<&str>) -> bool) -> Vec<Endpoint> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    each_endpoint(slices, port, protocol, |e, conditions, node| {
+        if !on(node) {
+            return;
+        }
+        if conditions.ready != Some(false) {
+            ready.insert(e);
+        } else if conditions.serving == Some(true) && conditions.terminating == Some(true) {
+            terminating.insert(e);
+        }
+    });
     if ready.is_empty() { terminating.into_iter().collect() } else { ready.into_iter().collect() }
+}
+
+/// The endpoints of one Service port that still serve, ready or terminating
+/// (`serving`, which defaults to `ready`): flows they answer stay untouched.
+pub fn serving_endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, protocol: &str) -> BTreeSet<Endpoint> {
+    let mut serving = BTreeSet::new();
+    each_endpoint(slices, port, protocol, |e, conditions, _| {
+        if conditions.serving.or(conditions.ready).unwrap_or(true) {
+            serving.insert(e);
+        }
+    });
+    serving
 }
 
 /// What the node needs to know besides the Service.
@@ -56,14 +84,34 @@ pub fn endpoints(slices: &[impl Borrow<EndpointSlice>], port: &ServicePort, prot
 pub struct Context {
     /// The pod network: ClusterIP traffic from outside it is masqueraded.
     pub cluster_cidr: Ipv4Net,
+    /// This node's name: the endpoints on it serve `externalTrafficPolicy: Local`.
+    pub node_name: Option<String>,
 }
 
-/// The rules for one Service (empty for headless and ExternalName ones).
-pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], ctx: &Context) -> Ruleset {
-    let mut out = Ruleset::default();
-    let Some(spec) = service.spec.as_ref() else { return out };
+/// Where a Service is reached: its addresses and its ports.
+struct Frontends<'a> {
+    cluster_ip: Option<Ipv4Addr>,
+    /// External and load-balancer IPs.
+    external: Vec<Ipv4Addr>,
+    ports: Vec<Frontend<'a>>,
+}
+
+/// One port of a Service, as clients reach it.
+struct Frontend<'a> {
+    spec: &'a ServicePort,
+    protocol: Protocol,
+    protocol_name: &'a str,
+    port: u16,
+    node_port: Option<u16>,
+    /// `namespace/name/protocol/port name or number`: the base of its chains' names.
+    id: String,
+}
+
+/// The addresses and ports of a Service (`None` for ExternalName ones).
+fn frontends(service: &Service) -> Option<Frontends<'_>> {
+    let spec = service.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
-        return out;
+        return None;
     }
     let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok());
     let external: Vec<Ipv4Addr> = spec
@@ -76,6 +124,62 @@ pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], c
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("");
+    let name = service.metadata.name.as_deref().unwrap_or("");
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|spec| {
+            let protocol_name = spec.protocol.as_deref().unwrap_or("TCP");
+            let (Some(protocol), Ok(port)) = (Protocol::parse(protocol_name), u16::try_from(spec.port)) else { return None };
+            let node_port = spec.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
+            let port_name = spec.name.as_deref().filter(|n| !n.is_empty()).map_or_else(|| spec.port.to_string(), str::to_owned);
+            let id = format!("{namespace}/{name}/{}/{port_name}", protocol.name());
+            Some(Frontend { spec, protocol, protocol_name, port, node_port, id })
+        })
+        .collect();
+    Some(Frontends { cluster_ip, external, ports })
+}
+
+/// The Service's UDP ports by id: where they receive, and who serves them
+/// (what [`conntrack`](super::conntrack) clears stale flows by).
+pub fn udp_ports(service: &Service, slices: &[impl Borrow<EndpointSlice>]) -> BTreeMap<String, UdpPort> {
+    let Some(frontends) = frontends(service) else { return BTreeMap::new() };
+    let addresses: Vec<Ipv4Addr> = frontends.cluster_ip.into_iter().chain(frontends.external.iter().copied()).collect();
+    frontends
+        .ports
+        .into_iter()
+        .filter(|p| p.protocol == Protocol::Udp && (!addresses.is_empty() || p.node_port.is_some()))
+        .map(|p| {
+            let serving = serving_endpoints(slices, p.spec, p.protocol_name);
+            (p.id, UdpPort { addresses: addresses.clone(), port: p.port, node_port: p.node_port, serving })
+        })
+        .collect()
+}
+
+/// The health check a LoadBalancer Service with `externalTrafficPolicy:
+/// Local` asks this node for: its port, and its ready endpoints on this node.
+pub fn health_check(service: &Service, slices: &[impl Borrow<EndpointSlice>], ctx: &Context) -> Option<HealthCheck> {
+    let spec = service.spec.as_ref()?;
+    if spec.type_.as_deref() != Some("LoadBalancer") || spec.external_traffic_policy.as_deref() != Some("Local") {
+        return None;
+    }
+    let port = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)?;
+    let node = ctx.node_name.as_deref();
+    let local: BTreeSet<&str> = slices
+        .iter()
+        .flat_map(|s| &s.borrow().endpoints)
+        .filter(|e| node.is_some() && e.node_name.as_deref() == node && e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| e.addresses.iter().map(String::as_str))
+        .collect();
+    Some(HealthCheck { port, local_endpoints: local.len() })
+}
+
+/// The rules for one Service (empty for headless and ExternalName ones).
+pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], ctx: &Context) -> Ruleset {
+    let mut out = Ruleset::default();
+    let (Some(spec), Some(Frontends { cluster_ip, external, ports })) = (service.spec.as_ref(), frontends(service)) else { return out };
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
@@ -84,13 +188,9 @@ pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], c
             .and_then(|t| u32::try_from(t).ok())
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
-    let namespace = service.metadata.namespace.as_deref().unwrap_or("");
-    let name = service.metadata.name.as_deref().unwrap_or("");
-    for port in spec.ports.iter().flatten() {
-        let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
-        let (Some(protocol), Ok(service_port)) = (Protocol::parse(protocol_name), u16::try_from(port.port)) else { continue };
-        let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
-        let id = format!("{namespace}/{name}/{}/{}", protocol.name(), port.name.as_deref().filter(|n| !n.is_empty()).map_or_else(|| port.port.to_string(), str::to_owned));
+    // External traffic of `Local` Services goes only to this node's endpoints, unmasqueraded.
+    let local_policy = spec.external_traffic_policy.as_deref() == Some("Local");
+    for Frontend { spec: port, protocol, protocol_name, port: service_port, node_port, id } in ports {
         let endpoints = endpoints(slices, port, protocol_name);
         let mut keys: Vec<(Map, Key, bool)> = Vec::new(); // (map, key, external)
         keys.extend(cluster_ip.map(|ip| (Map::Services, Key::Address(ip, protocol, service_port), false)));
@@ -99,44 +199,67 @@ pub fn service_rules(service: &Service, slices: &[impl Borrow<EndpointSlice>], c
         if keys.is_empty() {
             continue;
         }
+        let no_endpoint = |map: Map| if map == Map::Services { Map::NoEndpointServices } else { Map::NoEndpointNodePorts };
         if endpoints.is_empty() {
             for (map, key, _) in keys {
-                let map = if map == Map::Services { Map::NoEndpointServices } else { Map::NoEndpointNodePorts };
-                out.elements.insert((map, key), REJECT_CHAIN.to_owned());
+                out.elements.insert((no_endpoint(map), key), REJECT_CHAIN.to_owned());
             }
             continue;
         }
-        let service_chain = format!("svc/{id}");
-        let external_chain = format!("ext/{id}");
-        let mut service_rules = vec![Rule::MasqueradeUnlessFrom(ctx.cluster_cidr)];
-        let mut endpoint_chains = Vec::new();
-        for e in &endpoints {
-            let chain = format!("ep/{id}/{}:{}", e.address, e.port);
+        let local = local_policy.then(|| endpoints_on(slices, port, protocol_name, |node| node.is_some() && node == ctx.node_name.as_deref()));
+        let endpoint_chain = |e: &Endpoint| format!("ep/{id}/{}:{}", e.address, e.port);
+        let affinity_set = |e: &Endpoint| format!("aff/{id}/{}:{}", e.address, e.port);
+        for e in endpoints.iter().chain(local.iter().flatten()).collect::<BTreeSet<_>>() {
             let mut rules = vec![Rule::MasqueradeIfFrom(e.address)];
             if let Some(timeout) = affinity {
-                let set = format!("aff/{id}/{}:{}", e.address, e.port);
-                service_rules.push(Rule::StickyGoto { set: set.clone(), chain: chain.clone() });
-                rules.push(Rule::RememberClient { set: set.clone(), timeout });
-                out.sets.insert(set);
+                rules.push(Rule::RememberClient { set: affinity_set(e), timeout });
+                out.sets.insert(affinity_set(e));
             }
             rules.push(Rule::Dnat { address: e.address, port: e.port });
-            out.chains.insert(chain.clone(), Chain::regular(rules));
-            endpoint_chains.push(chain);
+            out.chains.insert(endpoint_chain(e), Chain::regular(rules));
         }
-        match endpoint_chains.as_slice() {
-            [only] => service_rules.push(Rule::Goto(only.clone())),
-            _ => {
-                let map = format!("lb/{id}");
-                service_rules.push(Rule::Balance { map: map.clone(), size: endpoint_chains.len() as u32 });
-                out.balancers.insert(map, endpoint_chains);
+        // Sticky clients first, then a pick among `endpoints`.
+        let mut balance = |mut rules: Vec<Rule>, endpoints: &[Endpoint], map: String| {
+            if affinity.is_some() {
+                rules.extend(endpoints.iter().map(|e| Rule::StickyGoto { set: affinity_set(e), chain: endpoint_chain(e) }));
             }
-        }
-        out.chains.insert(service_chain.clone(), Chain::regular(service_rules));
+            match endpoints {
+                [only] => rules.push(Rule::Goto(endpoint_chain(only))),
+                _ => {
+                    rules.push(Rule::Balance { map: map.clone(), size: endpoints.len() as u32 });
+                    out.balancers.insert(map, endpoints.iter().map(endpoint_chain).collect());
+                }
+            }
+            Chain::regular(rules)
+        };
+        let service_chain = format!("svc/{id}");
+        let chain = balance(vec![Rule::MasqueradeUnlessFrom(ctx.cluster_cidr)], &endpoints, format!("lb/{id}"));
+        out.chains.insert(service_chain.clone(), chain);
+        let external_chain = format!("ext/{id}");
+        let external_rules = match &local {
+            None => vec![Rule::Jump(MARK_FOR_MASQUERADE.into()), Rule::Goto(service_chain.clone())],
+            Some(local) => {
+                // Pods and the node itself still reach every endpoint, as through the cluster IP.
+                let mut rules = vec![
+                    Rule::GotoIfFrom(ctx.cluster_cidr, service_chain.clone()),
+                    Rule::JumpIfFromNode(MARK_FOR_MASQUERADE.into()),
+                    Rule::GotoIfFromNode(service_chain.clone()),
+                ];
+                if local.is_empty() {
+                    // No endpoint on this node: the rest is dropped, as upstream does.
+                    rules.push(Rule::Drop);
+                } else {
+                    let local_chain = format!("local/{id}");
+                    let chain = balance(Vec::new(), local, format!("lb-local/{id}"));
+                    out.chains.insert(local_chain.clone(), chain);
+                    rules.push(Rule::Goto(local_chain));
+                }
+                rules
+            }
+        };
         for (map, key, is_external) in keys {
             let target = if is_external {
-                out.chains
-                    .entry(external_chain.clone())
-                    .or_insert_with(|| Chain::regular(vec![Rule::Jump(MARK_FOR_MASQUERADE.into()), Rule::Goto(service_chain.clone())]));
+                out.chains.entry(external_chain.clone()).or_insert_with(|| Chain::regular(external_rules.clone()));
                 external_chain.clone()
             } else {
                 service_chain.clone()
@@ -154,7 +277,7 @@ mod tests {
     use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointConditions, EndpointPort};
 
     fn ctx() -> Context {
-        Context { cluster_cidr: "10.42.0.0/16".parse().unwrap() }
+        Context { cluster_cidr: "10.42.0.0/16".parse().unwrap(), node_name: Some("here".into()) }
     }
 
     fn service(ports: Vec<(&str, i32, &str, Option<i32>)>) -> Service {
@@ -261,6 +384,56 @@ mod tests {
     }
 
     #[test]
+    fn local_external_traffic_goes_only_to_this_nodes_endpoints_unmasqueraded() {
+        let mut svc = service(vec![("", 80, "TCP", Some(30080))]);
+        svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let mut slices = [slice(vec![("", 8080, "TCP")], vec![("10.42.0.2", Some(true), None, None), ("10.42.1.2", Some(true), None, None)])];
+        slices[0].endpoints[0].node_name = Some("here".into());
+        slices[0].endpoints[1].node_name = Some("there".into());
+        let rules = service_rules(&svc, &slices, &ctx());
+        let (node_port, cluster_ip) = ((Map::NodePorts, Key::Port(Protocol::Tcp, 30080)), (Map::Services, Key::Address("10.43.0.10".parse().unwrap(), Protocol::Tcp, 80)));
+        assert_eq!(rules.elements[&node_port], "ext/ns/web/tcp/80");
+        let service_chain = "svc/ns/web/tcp/80".to_owned();
+        assert_eq!(
+            rules.chains["ext/ns/web/tcp/80"].rules,
+            [
+                Rule::GotoIfFrom(ctx().cluster_cidr, service_chain.clone()),
+                Rule::JumpIfFromNode(MARK_FOR_MASQUERADE.into()),
+                Rule::GotoIfFromNode(service_chain.clone()),
+                Rule::Goto("local/ns/web/tcp/80".into()),
+            ]
+        );
+        assert_eq!(rules.chains["local/ns/web/tcp/80"].rules, [Rule::Goto("ep/ns/web/tcp/80/10.42.0.2:8080".into())]);
+        assert_eq!(rules.elements[&cluster_ip], service_chain);
+        assert_eq!(rules.balancers["lb/ns/web/tcp/80"].len(), 2, "the cluster IP keeps every endpoint");
+
+        // No endpoint on this node: external traffic is dropped, the node's and pods' still served.
+        slices[0].endpoints[0].node_name = Some("there".into());
+        let rules = service_rules(&svc, &slices, &ctx());
+        assert_eq!(rules.elements[&node_port], "ext/ns/web/tcp/80");
+        assert_eq!(rules.chains["ext/ns/web/tcp/80"].rules.last(), Some(&Rule::Drop));
+        assert!(!rules.chains.contains_key("local/ns/web/tcp/80"));
+        assert_eq!(rules.elements[&cluster_ip], service_chain);
+    }
+
+    #[test]
+    fn local_load_balancers_ask_for_a_health_check_counting_this_nodes_ready_endpoints() {
+        let mut svc = service(vec![("http", 80, "TCP", Some(30080)), ("https", 443, "TCP", Some(30443))]);
+        let spec = svc.spec.as_mut().unwrap();
+        (spec.type_, spec.external_traffic_policy, spec.health_check_node_port) = (Some("LoadBalancer".into()), Some("Local".into()), Some(31999));
+        let mut slices = [slice(
+            vec![("http", 8080, "TCP"), ("https", 8443, "TCP")],
+            vec![("10.42.0.2", Some(true), None, None), ("10.42.0.3", Some(false), Some(true), Some(true)), ("10.42.1.2", Some(true), None, None)],
+        )];
+        for (endpoint, node) in slices[0].endpoints.iter_mut().zip(["here", "here", "there"]) {
+            endpoint.node_name = Some(node.into());
+        }
+        assert_eq!(health_check(&svc, &slices, &ctx()), Some(HealthCheck { port: 31999, local_endpoints: 1 }), "one address, not one per port; ready only");
+        svc.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".into());
+        assert_eq!(health_check(&svc, &slices, &ctx()), None);
+    }
+
+    #[test]
     fn client_ip_affinity_remembers_clients_per_endpoint() {
         let mut svc = service(vec![("", 80, "TCP", None)]);
         let spec = svc.spec.as_mut().unwrap();
@@ -274,6 +447,19 @@ mod tests {
     }
 
     #[test]
+    fn udp_ports_keep_every_serving_endpoint_terminating_ones_too() {
+        let slices = [slice(
+            vec![("dns", 5353, "UDP"), ("http", 8080, "TCP")],
+            vec![("10.42.0.2", Some(true), None, None), ("10.42.0.3", Some(false), Some(true), Some(true)), ("10.42.0.4", Some(false), Some(false), Some(true))],
+        )];
+        let svc = service(vec![("dns", 53, "UDP", Some(30053)), ("http", 80, "TCP", None)]);
+        let ports = udp_ports(&svc, &slices);
+        let serving = ["10.42.0.2", "10.42.0.3"].map(|a| Endpoint { address: a.parse().unwrap(), port: 5353 });
+        let expected = UdpPort { addresses: vec!["10.43.0.10".parse().unwrap()], port: 53, node_port: Some(30053), serving: serving.into() };
+        assert_eq!(ports.into_iter().collect::<Vec<_>>(), [("ns/web/udp/dns".to_owned(), expected)]);
+    }
+
+    #[test]
     fn headless_and_external_name_services_need_nothing() {
         let mut svc = service(vec![("", 80, "TCP", None)]);
         svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
@@ -281,5 +467,6 @@ mod tests {
         assert!(service_rules(&svc, &slices, &ctx()).is_empty());
         svc.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
         assert!(service_rules(&svc, &slices, &ctx()).is_empty());
+        assert!(udp_ports(&svc, &slices).is_empty());
     }
 }
