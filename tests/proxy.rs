@@ -431,6 +431,21 @@ fn rk_chains() -> BTreeSet<String> {
 fn a_restarted_server_rebuilds_the_rules_and_drops_stale_ones() {
     let Some(lab) = Lab::new(2) else { return };
     run_on(&lab.node(), move || async move {
+        // Docker's rules as Docker makes them (iptables-nft), which rk must never touch.
+        let docker_rules: [&[&str]; 6] = [
+            &["-t", "nat", "-N", "DOCKER"],
+            &["-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"],
+            &["-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"],
+            &["-N", "DOCKER-USER"],
+            &["-A", "DOCKER-USER", "-j", "RETURN"],
+            &["-A", "FORWARD", "-j", "DOCKER-USER"],
+        ];
+        for rule in docker_rules {
+            sh(&[&["iptables"][..], rule].concat());
+        }
+        let foreign_before = foreign_ruleset();
+        assert!(foreign_before.contains("DOCKER-USER"), "{foreign_before}");
+
         let mut server = Server::start_with_proxy(&[]);
         let client = server.client().await;
         let kept = cluster_ip(&create_service(&client, "kept", "ClusterIP", &[("http", 80, "TCP")]).await);
@@ -455,7 +470,24 @@ fn a_restarted_server_rebuilds_the_rules_and_drops_stale_ones() {
         assert!(rk_chains().iter().any(|c| c.starts_with("svc/default/kept/")), "{:?}", rk_chains());
         assert_eq!(answering(10, || tcp(&kept)), names(&[1]));
         assert!(tcp(&dropped).is_err());
+        assert_eq!(foreign_ruleset(), foreign_before, "tables that are not rk's are untouched");
     });
+}
+
+/// `nft list ruleset` without rk's tables and without counters.
+fn foreign_ruleset() -> String {
+    let out = Command::new("nft").args(["-s", "list", "ruleset"]).output().expect("nft runs");
+    assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    let ruleset = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut foreign = String::new();
+    for table in ruleset.split("\ntable ").map(|t| t.trim_start_matches("table ")) {
+        let name = table.split_whitespace().nth(1).unwrap_or_default();
+        if !name.starts_with("rk") {
+            foreign.push_str(table.trim());
+            foreign.push('\n');
+        }
+    }
+    foreign
 }
 
 #[test]
