@@ -29,6 +29,7 @@ pub mod schema;
 pub mod selector;
 pub mod serve;
 pub mod table;
+pub mod taints;
 pub mod tokens;
 pub mod validation;
 pub mod watch;

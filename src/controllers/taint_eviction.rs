@@ -6,6 +6,7 @@
 //! elsewhere.
 
 use super::Context;
+use crate::api::taints::tolerates;
 use crate::runtime::{Change, Controller, Error, EventType, Informer, Next, Reconciler, Recorder, key_of, reference};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
@@ -64,20 +65,6 @@ fn node_of(pod: &Pod) -> Option<&str> {
 
 fn no_execute_taints(node: &Node) -> Vec<Taint> {
     node.spec.as_ref().and_then(|s| s.taints.as_ref()).map(|t| t.iter().filter(|t| t.effect == "NoExecute").cloned().collect()).unwrap_or_default()
-}
-
-/// Upstream's ToleratesTaint.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or_default();
-    let key = toleration.key.as_deref().unwrap_or_default();
-    if (!effect.is_empty() && effect != taint.effect) || (!key.is_empty() && key != taint.key) {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or_default() {
-        "" | "Equal" => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
-        "Exists" => true,
-        _ => false,
-    }
 }
 
 /// How long a pod may stay under `taints`: `None` forever, zero not at all.

@@ -4,7 +4,8 @@
 //! concern behind [`Score`]; the list is [`super::Profile::default`].
 
 use super::cache::NodeInfo;
-use super::pod_info::{PodInfo, tolerates};
+use super::pod_info::PodInfo;
+use crate::api::taints::tolerates;
 
 /// The best score a node can get from one scorer.
 pub const MAX_NODE_SCORE: i64 = 100;

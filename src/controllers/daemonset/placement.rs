@@ -4,6 +4,7 @@
 //! must be tolerated (with the tolerations every daemon pod gets). A daemon pod
 //! is pinned to its node by node affinity, for the scheduler to bind.
 
+use crate::api::taints::tolerates;
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
@@ -61,20 +62,6 @@ pub fn target_node(pod: &Pod) -> Option<String> {
         (NODE_NAME_FIELD, "In", Some([node])) => Some(node.clone()),
         _ => None,
     })
-}
-
-/// Whether `toleration` tolerates `taint`.
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or_default();
-    let key = toleration.key.as_deref().unwrap_or_default();
-    if (!effect.is_empty() && effect != taint.effect) || (!key.is_empty() && key != taint.key) {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or_default() {
-        "" | "Equal" => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
-        "Exists" => true,
-        _ => false,
-    }
 }
 
 /// Whether a taint among those `effects` is tolerated by none of `tolerations`.
