@@ -33,8 +33,12 @@ impl Agent {
     fn join(server: &Server, token: &str, node: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        // Like the test servers' agents, on Docker's bridge and without a proxy:
+        // rk's pod network and Service rules on this host's own namespace would
+        // outlive the test (tests/podnet.rs and proxy.rs run those in namespaces).
         let child = Command::new(env!("CARGO_BIN_EXE_rk"))
-            .args(["agent", "--server", &server.url, "--token", token, "--node-name", node, "--kubelet-port", "0", "--data-dir"])
+            .args(["agent", "--server", &server.url, "--token", token, "--node-name", node, "--kubelet-port", "0"])
+            .args(["--disable-pod-network", "--disable-proxy", "--data-dir"])
             .arg(dir.path().join("data"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
