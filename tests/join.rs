@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{Server, eventually};
-use std::process::{Child, Command, Stdio};
+use common::{Agent, Server, eventually};
+use std::process::Command;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -22,43 +22,12 @@ fn token(server: &Server) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// A joined agent process, stopped and cleaned up on drop.
-struct Agent {
-    child: Child,
-    node: String,
-    dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn join(server: &Server, token: &str, node: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        // Like the test servers' agents, on Docker's bridge and without a proxy:
-        // rk's pod network and Service rules on this host's own namespace would
-        // outlive the test (tests/podnet.rs and proxy.rs run those in namespaces).
-        let child = Command::new(env!("CARGO_BIN_EXE_rk"))
-            .args(["agent", "--server", &server.url, "--token", token, "--node-name", node, "--kubelet-port", "0"])
-            .args(["--disable-pod-network", "--disable-proxy", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("rk agent starts");
-        Agent { child, node: node.to_owned(), dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        common::remove_node_containers(&self.node);
-    }
+/// Joins `node` with `token`. Like the test servers' agents, on Docker's
+/// bridge and without a proxy: rk's pod network and Service rules in this
+/// host's own namespace would outlive the test (tests/podnet.rs and proxy.rs
+/// run those in namespaces).
+fn join(server: &Server, token: &str, node: &str) -> Agent {
+    Agent::start(node, None, &["--server", &server.url, "--token", token, "--kubelet-port", "0", "--disable-pod-network", "--disable-proxy"])
 }
 
 fn node_ready(server: &Server, node: &str) -> bool {
@@ -71,7 +40,7 @@ fn a_second_agent_joins_with_the_token_and_runs_its_pods_through_a_server_restar
     common::test_images();
     let mut server = Server::start_with_agent(&[]);
     let joined = format!("{}-joined", server.node.as_deref().unwrap());
-    let agent = Agent::join(&server, &token(&server), &joined);
+    let agent = join(&server, &token(&server), &joined);
     assert!(eventually(TIMEOUT, || node_ready(&server, &joined)), "the joined node never became Ready; agent log:\n{}", agent.log());
 
     let pod = format!(

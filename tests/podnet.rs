@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{Server, eventually, in_netns, test_images, unique_node_name};
+use common::{Agent, Server, eventually, in_netns, test_images, unique_node_name};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -155,45 +155,9 @@ impl Drop for Lab {
 
 /// A second node: `rk agent` joined with the server's admin kubeconfig, in
 /// node namespace 1 of the lab.
-struct Agent {
-    child: Child,
-    node: String,
-    dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn join(lab: &Lab, server: &Server) -> Agent {
-        let node = unique_node_name();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
-        let child = in_netns(&mut Command::new(env!("CARGO_BIN_EXE_rk")), &lab.node(1))
-            .args(["agent", "--node-name", &node, "--kubeconfig"])
-            .arg(server.kubeconfig())
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("rk agent starts");
-        Agent { child, node, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-        common::remove_node_containers(&self.node);
-    }
+fn join_agent(lab: &Lab, server: &Server) -> Agent {
+    let kubeconfig = server.kubeconfig();
+    Agent::start(&unique_node_name(), Some(&lab.node(1)), &["--kubeconfig", kubeconfig.to_str().expect("a UTF-8 path")])
 }
 
 fn apply(server: &Server, manifest: &Value) {
@@ -360,7 +324,7 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_through_host_gw_routes() {
     let Some(lab) = Lab::new(2) else { return };
     let server = Server::start_in_netns(&lab.node(0), NODE_IPS[0], &[]);
     let first = server.node.clone().expect("an agent");
-    let mut agent = Agent::join(&lab, &server);
+    let mut agent = join_agent(&lab, &server);
     let second = agent.node.clone();
     let (first_cidr, second_cidr) = (node_pod_cidr(&server, &first), node_pod_cidr(&server, &second));
     assert_ne!(first_cidr, second_cidr);

@@ -252,6 +252,54 @@ pub fn unique_node_name() -> String {
     format!("rk-test-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
 }
 
+/// An `rk agent` process with its own data directory and log, stopped and
+/// its node's containers removed when dropped.
+pub struct Agent {
+    child: Child,
+    pub node: String,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `rk agent --node-name NODE ARGS --data-dir …`, in network
+    /// namespace `netns` when given.
+    pub fn start(node: &str, netns: Option<&str>, args: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rk"));
+        if let Some(netns) = netns {
+            in_netns(&mut command, netns);
+        }
+        let child = command
+            .args(["agent", "--node-name", node])
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("rk agent starts");
+        Agent { child, node: node.to_owned(), dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        remove_node_containers(&self.node);
+    }
+}
+
 /// Makes `command` start inside network namespace `netns` (under /run/netns).
 pub fn in_netns<'a>(command: &'a mut Command, netns: &str) -> &'a mut Command {
     use std::os::fd::AsRawFd;
