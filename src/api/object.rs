@@ -135,6 +135,27 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
+/// A duration, in nanoseconds, as Go prints it (`1h2m3s`, `500ms`): in
+/// metav1.Duration fields and in the kubelet's messages.
+pub fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let sign = if ns < 0 { "-" } else { "" };
+    let ns = ns.unsigned_abs();
+    if ns < 1_000_000_000 {
+        return format!("{sign}{}ms", ns as f64 / 1e6);
+    }
+    let (h, rest) = (ns / 3_600_000_000_000, ns % 3_600_000_000_000);
+    let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
+    let s = rest as f64 / 1e9;
+    match (h, m) {
+        (0, 0) => format!("{sign}{s}s"),
+        (0, m) => format!("{sign}{m}m{s}s"),
+        (h, m) => format!("{sign}{h}h{m}m{s}s"),
+    }
+}
+
 /// Reads a duration as Go writes and parses them (`15s`, `1m30s`, `500ms`,
 /// `1.5h`), as metav1.Duration fields and upstream's command-line flags take
 /// them; `None` for anything else, a negative duration included.
@@ -183,6 +204,15 @@ mod tests {
         assert_eq!(human_duration(3 * 86400 + 4 * 3600), "3d4h");
         assert_eq!(human_duration(40 * 86400), "40d");
         assert_eq!(human_duration(-1), "<invalid>");
+    }
+
+    #[test]
+    fn go_durations_print_like_go() {
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(90 * 1_000_000_000), "1m30s");
+        assert_eq!(go_duration(3_600 * 1_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(500_000_000), "500ms");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::probes::{self, PodProbes};
 use super::sources::PodAddresses;
 use super::status::instances;
 use super::volumes::{self, Prepared};
+use crate::api::object::go_duration;
 use crate::runtime::{Error, EventType, Next, reference};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, ObjectReference, Pod};
@@ -45,16 +46,6 @@ fn oom_verdict_pending(containers: &[Observed], now: Timestamp) -> Option<Durati
             OOM_VERDICT_WAIT.checked_sub(since).filter(|left| !left.is_zero())
         })
         .max()
-}
-
-/// Go's rendering of a duration, as the kubelet's messages show it (`1m20s`).
-fn go_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match (s / 3600, s % 3600 / 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, m, s) => format!("{h}h{m}m{s}s"),
-    }
 }
 
 /// One sync of one pod: its identity and where its containers run.
@@ -255,7 +246,7 @@ impl PodReconciler {
         if let Some(remaining) = self.restarts.remaining_since(&key, last.finished_at.unwrap_or(now), now) {
             let delay = self.restarts.delay(&key).unwrap_or(backoff::INITIAL);
             let description = pod_description(ctx.pod);
-            outcome.wait(&c.name, "CrashLoopBackOff", format!("back-off {} restarting failed container={} pod={description}", go_duration(delay), c.name));
+            outcome.wait(&c.name, "CrashLoopBackOff", format!("back-off {} restarting failed container={} pod={description}", go_duration(delay.as_nanos() as i64), c.name));
             let object = probes::container_ref(&ctx.pod_ref, &c.name);
             self.recorder.record(object, EventType::Warning, "BackOff", format!("Back-off restarting failed container {} in pod {description}", c.name));
             outcome.requeue_after(remaining);
@@ -384,6 +375,7 @@ mod tests {
 
     #[test]
     fn durations_render_like_go() {
+        let go_duration = |d: Duration| go_duration(d.as_nanos() as i64);
         assert_eq!(go_duration(Duration::from_secs(10)), "10s");
         assert_eq!(go_duration(Duration::from_secs(80)), "1m20s");
         assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");

@@ -210,7 +210,7 @@ fn special(name: &str, fields: &[(u32, Wire<'_>)]) -> Result<Option<Value>, Stri
             _ => json!(0),
         },
         "io.k8s.apimachinery.pkg.apis.meta.v1.Duration" => match get(1) {
-            Some(Wire::Varint(ns)) => json!(go_duration(ns as i64)),
+            Some(Wire::Varint(ns)) => json!(crate::api::object::go_duration(ns as i64)),
             _ => json!("0s"),
         },
         "io.k8s.apimachinery.pkg.runtime.RawExtension" | "io.k8s.apimachinery.pkg.apis.meta.v1.FieldsV1" => match get(1) {
@@ -219,26 +219,6 @@ fn special(name: &str, fields: &[(u32, Wire<'_>)]) -> Result<Option<Value>, Stri
         },
         _ => return Ok(None),
     }))
-}
-
-/// A duration as Go prints it (`1h2m3s`, `500ms`).
-fn go_duration(ns: i64) -> String {
-    if ns == 0 {
-        return "0s".into();
-    }
-    let sign = if ns < 0 { "-" } else { "" };
-    let ns = ns.unsigned_abs();
-    if ns < 1_000_000_000 {
-        return format!("{sign}{}ms", ns as f64 / 1e6);
-    }
-    let (h, rest) = (ns / 3_600_000_000_000, ns % 3_600_000_000_000);
-    let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
-    let s = rest as f64 / 1e9;
-    match (h, m) {
-        (0, 0) => format!("{sign}{s}s"),
-        (0, m) => format!("{sign}{m}m{s}s"),
-        (h, m) => format!("{sign}{h}h{m}m{s}s"),
-    }
 }
 
 /// Go writes fields of non-pointer types even when they hold the zero value,
@@ -414,14 +394,5 @@ mod tests {
             let raw: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             let _ = decode(&envelope("v1", "ConfigMap", &raw), &t, "io.k8s.api.core.v1.ConfigMap");
         }
-    }
-
-    #[test]
-    fn go_durations_read_like_go() {
-        assert_eq!(go_duration(0), "0s");
-        assert_eq!(go_duration(1_500_000_000), "1.5s");
-        assert_eq!(go_duration(90 * 1_000_000_000), "1m30s");
-        assert_eq!(go_duration(3_600 * 1_000_000_000), "1h0m0s");
-        assert_eq!(go_duration(500_000_000), "500ms");
     }
 }
