@@ -9,7 +9,7 @@ use crate::api::validation::{self, check};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, ResourceQuota, Secret, Service,
-    ServiceAccount, ServicePort,
+    ServiceAccount, ServicePort, ServiceStatus,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -216,6 +216,9 @@ fn services() -> Resource {
                 }
             }
         })
+        // Upstream's PrepareForCreate resets the status, which serializes as
+        // `status: {loadBalancer: {}}`; clients decode the create answer expecting it.
+        .on_create(|svc| svc.status = Some(ServiceStatus { load_balancer: Some(Default::default()), ..Default::default() }))
         .validate(validate_service)
         .validate_update(|new, old| {
             let ip = |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
@@ -572,4 +575,16 @@ fn endpointslices() -> Resource {
             Column::age(),
         ])
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_service_starts_with_an_empty_load_balancer_status() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}});
+        let admitted = services().strategy.admit(svc, None).map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!(admitted["status"], json!({"loadBalancer": {}}));
+    }
 }
