@@ -161,3 +161,28 @@ fn plain_http_is_refused() {
     assert!(reply.starts_with("HTTP/1.0 400 Bad Request"), "{reply}");
     assert!(reply.contains("Client sent an HTTP request to an HTTPS server."), "{reply}");
 }
+
+/// Clients decode a write's answer as the kind they expect (the Python client's
+/// `delete_namespaced_service` returns a V1Service): Services come back from a
+/// create with an empty load-balancer status and from a delete as the deleted
+/// object, like pods; other kinds answer a delete with a success Status.
+#[tokio::test]
+async fn create_and_delete_answer_with_the_shapes_upstream_returns() {
+    let server = Server::start();
+    let client = server.client().await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let body = br#"{"metadata":{"name":"web"},"spec":{"selector":{"app":"web"},"ports":[{"port":80}]}}"#.to_vec();
+    let (code, created) = send(&client, "POST", svcs, "application/json", body).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["status"], json!({"loadBalancer": {}}), "{created}");
+    let (code, deleted) = send(&client, "DELETE", &format!("{svcs}/web"), "application/json", vec![]).await;
+    assert_eq!(code, 200, "{deleted}");
+    assert_eq!((deleted["kind"].as_str(), deleted["metadata"]["name"].as_str()), (Some("Service"), Some("web")), "{deleted}");
+
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (code, _) = send(&client, "POST", cms, "application/json", br#"{"metadata":{"name":"c"}}"#.to_vec()).await;
+    assert_eq!(code, 201);
+    let (code, deleted) = send(&client, "DELETE", &format!("{cms}/c"), "application/json", vec![]).await;
+    assert_eq!(code, 200, "{deleted}");
+    assert_eq!((deleted["kind"].as_str(), deleted["status"].as_str()), (Some("Status"), Some("Success")), "{deleted}");
+}

@@ -184,6 +184,9 @@ pub struct Resource {
     pub name_rule: NameRule,
     /// Whether an update of a missing object creates it (leases, endpoints).
     pub create_on_update: bool,
+    /// Whether an immediate delete answers with the deleted object rather than
+    /// a success Status (upstream's `ReturnDeletedObject`: pods, services).
+    pub returns_deleted_object: bool,
     /// Whether a create may set `.status` (nodes); other kinds with a status
     /// subresource start with an empty one, as upstream's strategies do.
     pub status_on_create: bool,
@@ -234,6 +237,7 @@ struct Descriptor {
     tracks_generation: bool,
     name_rule: NameRule,
     create_on_update: bool,
+    returns_deleted_object: bool,
     status_on_create: bool,
     selectable_fields: &'static [&'static str],
 }
@@ -285,6 +289,7 @@ impl<T: Object> ResourceBuilder<T> {
                 tracks_generation: false,
                 name_rule: NameRule::Subdomain,
                 create_on_update: false,
+                returns_deleted_object: false,
                 status_on_create: false,
                 selectable_fields: &[],
             },
@@ -321,6 +326,10 @@ impl<T: Object> ResourceBuilder<T> {
     }
     pub fn create_on_update(mut self) -> Self {
         self.resource.create_on_update = true;
+        self
+    }
+    pub fn returns_deleted_object(mut self) -> Self {
+        self.resource.returns_deleted_object = true;
         self
     }
     pub fn status_on_create(mut self) -> Self {
@@ -378,6 +387,7 @@ impl<T: Object> ResourceBuilder<T> {
             tracks_generation: d.tracks_generation,
             name_rule: d.name_rule,
             create_on_update: d.create_on_update,
+            returns_deleted_object: d.returns_deleted_object,
             status_on_create: d.status_on_create,
             selectable_fields: d.selectable_fields,
             columns: self.hooks.columns.iter().map(|c| c.def.clone()).collect(),

@@ -572,10 +572,10 @@ impl Ctx {
     }
 }
 
-/// Upstream answers an immediate delete with the object for pods and with a
-/// success Status for other kinds.
+/// Upstream answers an immediate delete with the object for kinds that say so
+/// and with a success Status for the others.
 fn deleted_response(r: &super::registry::Resource, old: Value) -> Value {
-    if r.kind == "Pod" {
+    if r.returns_deleted_object {
         return old;
     }
     let mut details = json!({ "name": old.name(), "kind": r.plural, "uid": old.uid() });

@@ -195,6 +195,7 @@ fn services() -> Resource {
         .categories(&["all"])
         .subresources(&[Subresource::Status])
         .names(NameRule::Label)
+        .returns_deleted_object()
         .default(|svc| {
             let Some(spec) = svc.spec.as_mut() else { return };
             if spec.type_.is_none() {

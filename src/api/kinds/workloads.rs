@@ -34,6 +34,7 @@ pub fn pods() -> Resource {
             "status.podIP",
             "status.nominatedNodeName",
         ])
+        .returns_deleted_object()
         .default(pods::default_pod)
         .on_create(pods::prepare_pod_create)
         .validate(pods::validate_pod)
